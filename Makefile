@@ -1,0 +1,51 @@
+# Two commands set everything up on a fresh machine: `make paper` and `make test` (see README.md).
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Console scripts and papermill's kernel must come from the project's environment.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PYTHONUNBUFFERED := 1
+PROFILE ?= teaching
+PAPER_ARGS ?=
+
+.PHONY: paper test sync book bench lab install clean-outputs
+
+# (Re)install when the environment is missing or settings.ini / setup.py changed since the last install.
+$(STAMP): settings.ini setup.py
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@echo "installing medcnn_nb and its tooling into $(VENV) (pip install -e '.[dev]') ..."
+	@start=$$(date +%s); \
+	 $(PY) -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true; \
+	 $(PY) -m pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v '^WARNING: Location'; \
+	 test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	 $(PY) -m ipykernel install --sys-prefix --name medcnn_nb --display-name "medcnn_nb (.venv)" >/dev/null; \
+	 echo "install took $$(( $$(date +%s) - start )) s"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+paper: $(STAMP)
+	@if $(PY) -c "import medcnn_nb.paper" 2>/dev/null; then \
+	   $(VENV)/bin/medcnn-paper --profile $(PROFILE) $(PAPER_ARGS); \
+	 else \
+	   echo "make paper: the main job (medcnn_nb.paper, issue 6) is not built yet, so no table or figure is produced."; \
+	   echo "What exists now: the configuration and profiles (nbs/00_config.ipynb):"; \
+	   $(PY) -c "from medcnn_nb.config import get_config, env_report; print(env_report()); print(get_config('$(PROFILE)'))"; \
+	 fi
+
+# Regenerate the library, the cleaned notebooks and README.md from the notebooks.
+sync: $(STAMP)
+	$(VENV)/bin/nbdev_export
+	$(VENV)/bin/nbdev_clean
+	$(PY) tools/make_readme.py
+
+test: $(STAMP)
+	@start=$$(date +%s); \
+	 $(PY) tools/sync_check.py && \
+	 $(VENV)/bin/nbdev_test --n_workers 2 --timing && \
+	 $(PY) -m pytest && \
+	 echo "make test took $$(( $$(date +%s) - start )) s"
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=nbs $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
