@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 # Console scripts and papermill's kernel must come from the project's environment.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
+# Quieten TensorFlow's C++ start-up logging (CUDA probing, oneDNN notices) in notebooks and tests.
+export TF_CPP_MIN_LOG_LEVEL := 2
 PROFILE ?= teaching
 PAPER_ARGS ?=
 

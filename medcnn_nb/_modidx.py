@@ -29,4 +29,9 @@ d = { 'settings': { 'branch': 'main',
                                   'medcnn_nb.config.require': ('config.html#require', 'medcnn_nb/config.py'),
                                   'medcnn_nb.config.seed_everything': ('config.html#seed_everything', 'medcnn_nb/config.py'),
                                   'medcnn_nb.config.versions': ('config.html#versions', 'medcnn_nb/config.py'),
-                                  'medcnn_nb.config.write_json': ('config.html#write_json', 'medcnn_nb/config.py')}}}
+                                  'medcnn_nb.config.write_json': ('config.html#write_json', 'medcnn_nb/config.py')},
+            'medcnn_nb.data.core': { 'medcnn_nb.data.core.DataError': ('data_core.html#dataerror', 'medcnn_nb/data/core.py'),
+                                     'medcnn_nb.data.core.DataError.__init__': ( 'data_core.html#dataerror.__init__',
+                                                                                 'medcnn_nb/data/core.py'),
+                                     'medcnn_nb.data.core.data_fingerprint': ( 'data_core.html#data_fingerprint',
+                                                                               'medcnn_nb/data/core.py')}}}
