@@ -11,7 +11,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 PROFILE ?= teaching
 PAPER_ARGS ?=
 
-.PHONY: paper test sync book bench lab install clean-outputs
+.PHONY: paper test sync book lab install
 
 # (Re)install when the environment is missing or settings.ini / setup.py changed since the last install.
 $(STAMP): settings.ini setup.py
@@ -48,6 +48,10 @@ test: $(STAMP)
 	 $(VENV)/bin/nbdev_test --n_workers 2 --timing && \
 	 $(PY) -m pytest && \
 	 echo "make test took $$(( $$(date +%s) - start )) s"
+
+# Execute the chapters on the phantoms and render the static HTML book into book/.
+book: $(STAMP)
+	$(PY) tools/build_book.py $(BOOK_ARGS)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=nbs $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
