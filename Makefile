@@ -38,13 +38,11 @@ paper: $(STAMP)
 
 # Regenerate the library, the cleaned notebooks and README.md from the notebooks.
 sync: $(STAMP)
-	$(VENV)/bin/nbdev_export
-	$(VENV)/bin/nbdev_clean
-	$(PY) tools/make_readme.py
+	$(PY) tools/nbsync.py
 
 test: $(STAMP)
 	@start=$$(date +%s); \
-	 $(PY) tools/sync_check.py && \
+	 $(PY) tools/nbsync.py --check && \
 	 $(VENV)/bin/nbdev_test --n_workers 2 --timing && \
 	 $(PY) -m pytest && \
 	 echo "make test took $$(( $$(date +%s) - start )) s"
