@@ -13,10 +13,9 @@ config = ConfigParser(delimiters=["="])
 config.read(here / "settings.ini", encoding="utf-8")
 cfg = config["DEFAULT"]
 
-licenses = {"apache2": ("Apache Software License 2.0", "OSI Approved :: Apache Software License")}
+licenses = {"apache2": "Apache-2.0"}  # SPDX expression (license classifiers are deprecated)
 statuses = ["1 - Planning", "2 - Pre-Alpha", "3 - Alpha", "4 - Beta", "5 - Production/Stable", "6 - Mature", "7 - Inactive"]
 py_versions = "3.10 3.11 3.12 3.13".split()
-lic = licenses[cfg["license"]]
 min_python = cfg["min_python"]
 
 
@@ -37,12 +36,11 @@ setuptools.setup(
     author_email=cfg["author_email"],
     url=cfg["git_url"],
     project_urls={"Source": cfg["git_url"], "Documentation": cfg["doc_host"] + cfg["doc_baseurl"]},
-    license=lic[0],
+    license=licenses[cfg["license"]],
     keywords=cfg["keywords"].split(),
     classifiers=[
         "Development Status :: " + statuses[int(cfg["status"])],
         "Intended Audience :: " + cfg["audience"],
-        "License :: " + lic[1],
         "Natural Language :: " + cfg["language"],
         "Topic :: Scientific/Engineering :: Medical Science Apps.",
     ] + ["Programming Language :: Python :: " + v for v in py_versions[py_versions.index(min_python):]],
