@@ -1,6 +1,7 @@
 """The library stands alone (issue 2): the built wheel, installed into an empty virtual environment that
 sees only the runtime requirements, imports every module; the notebook tooling is imported lazily and a
 missing extra is named."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Top-level packages that come only with the "notebooks" / "test" extras (or with Jupyter itself).
+# pip must see only what is installed, not a source tree put on PYTHONPATH.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 DEV_ONLY = ["papermill", "nbdev", "execnb", "fastcore", "ghapi", "jupyterlab", "jupyter_server", "nbconvert",
             "nbclient", "nbformat", "ipykernel", "IPython", "pytest", "jupytext"]
 
@@ -20,7 +23,7 @@ DEV_ONLY = ["papermill", "nbdev", "execnb", "fastcore", "ghapi", "jupyterlab", "
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(ROOT)],
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, env=CLEAN_ENV)
     (whl,) = out.glob("medcnn_nb-*.whl")
     return whl
 
@@ -35,7 +38,7 @@ def bare_python(tmp_path_factory, wheel) -> Path:
     site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
     subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", "--no-index", str(wheel)],
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, env=CLEAN_ENV)
     deps_site = Path(subprocess.run([sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                     check=True, capture_output=True, text=True).stdout.strip())
     (site / "zz_runtime_deps.pth").write_text(str(deps_site) + "\n")
