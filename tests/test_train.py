@@ -1,0 +1,131 @@
+"""Integration tests of `medcnn_nb.train` on tiny phantoms: evaluation coverage, early stopping, multi-device."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from medcnn_nb.config import get_config
+from medcnn_nb.train import ABLATION, VARIANTS, inner_split, trim_history
+
+TINY = dict(image_size=32, base_filters=4, depth=2, max_epochs=3, lidc_size=48, lidc_slices=16, brats_size=48,
+            brats_slices=16, deterministic=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_lidc(tmp_path_factory):
+    from medcnn_nb.data.phantom_lidc import write_lidc_phantoms
+    from medcnn_nb.preprocess import load_slices
+    from medcnn_nb.splits import load_or_make_folds
+    work = tmp_path_factory.mktemp("train")
+    cfg = get_config("smoke", **TINY)
+    write_lidc_phantoms(work / "lidc", patients=6, seed=3, size=48, slices=16)
+    s = load_slices("lidc", work / "lidc", cfg, work / "cache", progress=False)
+    return work, cfg, s, load_or_make_folds(work / "folds.json", s, k=2, seed=0)
+
+
+def test_variants_differ_by_one_optimisation():
+    base = VARIANTS["unoptimised"]
+    fields = ("arch", "loss", "augment", "early_stopping")
+    for name in ABLATION[1:-1]:
+        diff = [f for f in fields if getattr(VARIANTS[name], f) != getattr(base, f)]
+        assert len(diff) == 1, (name, diff)
+    assert [f for f in fields if getattr(VARIANTS["optimised"], f) == getattr(base, f)] == []
+
+
+def test_inner_split_keeps_patients_apart(tiny_lidc):
+    _, cfg, s, folds = tiny_lidc
+    for f in folds:
+        fit, monitor = inner_split(f["train"], {c for c, p in s.case_has_positive().items() if p}, seed=cfg.seed)
+        assert set(fit) | set(monitor) == set(f["train"]) and not set(fit) & set(monitor)
+        assert not (set(fit) | set(monitor)) & set(f["val"]) and monitor
+
+
+def test_trim_history(tmp_path):
+    p = tmp_path / "history.csv"
+    p.write_text("epoch,loss\n0,1.0\n1,0.9\n2,0.8\n")
+    trim_history(p, 2)
+    assert pd.read_csv(p)["epoch"].tolist() == [0, 1]
+    trim_history(p, 5)  # fewer rows than epochs: unchanged
+    assert pd.read_csv(p)["epoch"].tolist() == [0, 1]
+
+
+def test_fold_evaluates_every_val_slice_against_an_oracle(tiny_lidc):
+    "metrics.json agrees with a NumPy recomputation from the saved model's predictions."
+    import keras
+    from medcnn_nb.train import _custom_objects, train_fold
+    work, cfg, s, folds = tiny_lidc
+    m = train_fold(s, folds[1], "unoptimised", cfg, work / "runs/unopt/fold1", verbose=0)
+    val = np.flatnonzero(np.isin(s.case_ids, folds[1]["val"]))
+    assert m["val_slices"] == len(val) and m["epochs_run"] == cfg.max_epochs
+    model = keras.saving.load_model(work / "runs/unopt/fold1/last.keras", custom_objects=_custom_objects())
+    pred = model.predict(np.asarray(s.images[val]), verbose=0)[..., 0] >= 0.5
+    truth = np.asarray(s.masks[val])[..., 0].astype(bool)
+    area = pred.reshape(len(val), -1).sum(1)
+    from medcnn_nb.metrics import MIN_AREA
+    slice_pred, slice_true = area >= MIN_AREA, truth.reshape(len(val), -1).any(1)
+    assert m["slice_accuracy"] == pytest.approx(np.mean(slice_pred == slice_true), abs=1e-12)
+    roi = np.asarray(s.roi[val]).astype(bool)
+    tp, fp = (pred & truth & roi).sum(), (pred & ~truth & roi).sum()
+    tn = (~pred & ~truth & roi).sum()
+    if (truth & roi).sum(): assert m["pixel_sensitivity"] == pytest.approx(tp / (truth & roi).sum(), abs=1e-12)
+    assert m["pixel_specificity"] == pytest.approx(tn / (tn + fp), abs=1e-12)
+    manifest = json.loads((work / "runs/unopt/fold1/manifest.json").read_text())
+    assert manifest["seed"] == cfg.seed + 1 and manifest["config"]["image_size"] == 32
+    assert sorted(manifest["val_cases"]) == sorted(folds[1]["val"])
+
+
+def test_early_stopping_restores_the_best_epoch(tiny_lidc):
+    "With patience 0, training stops after the first epoch without a better val_dice, and the kept weights are the best epoch's."
+    import keras
+    from medcnn_nb.train import _custom_objects, train_fold
+    work, cfg, s, folds = tiny_lidc
+    cfg0 = replace(cfg, patience=0, max_epochs=6)
+    run = work / "runs/es/fold0"
+    train_fold(s, folds[0], "plus_early_stopping", cfg0, run, verbose=0)
+    h = pd.read_csv(run / "history.csv")
+    best = int(np.argmax(h["val_dice"].to_numpy()))  # first maximum, as Keras' strict ">" keeps
+    state = json.loads((run / "state.json").read_text())
+    assert state["early_stopping"]["best_epoch"] == best
+    if state["stopped"]: assert len(h) == best + 2   # patience 0: stops one epoch after the best
+    assert (run / "best.weights.h5").exists()
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tiny_lidc):
+    "distribute='mirrored' builds the model in a MirroredStrategy over 2 logical CPUs and trains a fold."
+    work, *_ = tiny_lidc
+    script = textwrap.dedent(f"""
+        import json, os
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from medcnn_nb.config import get_config
+        from medcnn_nb.preprocess import load_slices
+        from medcnn_nb.splits import load_or_make_folds
+        from medcnn_nb.train import _build, distribution_scope, train_fold, VARIANTS
+        cfg = get_config("smoke", **{TINY!r}, distribute="mirrored")
+        cfg = cfg.__class__(**{{**cfg.__dict__, "max_epochs": 1}})
+        s = load_slices("lidc", {str(work / 'lidc')!r}, cfg, {str(work / 'cache')!r}, progress=False)
+        folds = load_or_make_folds({str(work / 'folds.json')!r}, s, k=2, seed=0)
+        with distribution_scope(cfg) as scope:
+            strategy = tf.distribute.get_strategy()
+            model = _build(VARIANTS["optimised"], cfg, s.images.shape[1:], 1)
+        m = train_fold(s, folds[0], "optimised", cfg, {str(work / 'runs/mirrored/fold0')!r}, verbose=0)
+        print(json.dumps(dict(replicas=strategy.num_replicas_in_sync,
+                              variable=type(model.weights[0].value).__name__, epochs=m["epochs_run"],
+                              acc=m["slice_accuracy"])))
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["replicas"] == 2
+    assert "Mirrored" in out["variable"]
+    assert out["epochs"] == 1 and 0 <= out["acc"] <= 1
