@@ -11,7 +11,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 PROFILE ?= teaching
 PAPER_ARGS ?=
 
-.PHONY: paper test sync book lab install
+.PHONY: paper test sync book bench lab install
 
 # (Re)install when the environment is missing or settings.ini / setup.py changed since the last install.
 $(STAMP): settings.ini setup.py
@@ -50,6 +50,14 @@ test: $(STAMP)
 # Execute the chapters on the phantoms and render the static HTML book into book/.
 book: $(STAMP)
 	$(PY) tools/build_book.py $(BOOK_ARGS)
+
+# Speed measurements (numbers for the issues and the README); none of them is a test.
+bench: $(STAMP)
+	$(PY) bench/bench_lidc_load.py
+	$(PY) bench/bench_brats.py
+	$(PY) bench/bench_loader.py --profile teaching
+	$(PY) bench/bench_models.py --sizes 64,512 --batch 16,2 --base-filters 8 --depth 3
+	$(PY) bench/bench_metrics.py
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=nbs $$( [ "$$(id -u)" = 0 ] && echo --allow-root )

@@ -31,16 +31,16 @@ class Config:
     seed: int = 42                   # seeds Python, NumPy and the Keras backend
     deterministic: bool = False      # ask TensorFlow for deterministic ops (slower)
     # --- images and batches (paper §5.1: 512x512, batch 32) ---
-    image_size: int = 96             # side of the square 2D inputs fed to the networks
+    image_size: int = 64             # side of the square 2D inputs fed to the networks
     batch_size: int = 16             # training batch size
     # --- training (paper §5.1-5.2) ---
     folds: int = 5                   # k of the patient-level k-fold cross-validation
-    max_epochs: int = 30             # upper bound; early stopping usually ends sooner
+    max_epochs: int = 16             # upper bound; early stopping usually ends sooner
     patience: int = 5                # early-stopping patience in epochs (paper: 10)
     learning_rate: float = 1e-3      # Adam learning rate (paper: 0.001)
-    steps_per_epoch: int = 0         # 0: one pass over the training slices per epoch
+    steps_per_epoch: int = 16        # batches per epoch; 0: one pass over the training slices
     # --- models ---
-    base_filters: int = 16           # filters of the first U-Net level; doubled at each level down
+    base_filters: int = 8            # filters of the first U-Net level; doubled at each level down
     depth: int = 3                   # number of down-sampling levels of the U-Nets
     # --- slices (paper §2.2) ---
     negatives_ratio: float = 1.0     # negative slices kept per positive slice
@@ -85,12 +85,12 @@ class Config:
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(image_size=64, batch_size=16, folds=2, max_epochs=2, patience=1, base_filters=8, depth=2,
                   lidc_patients=6, lidc_size=96, lidc_slices=24, brats_patients=6, brats_size=64,
-                  brats_slices=24, ablation_folds=2),
+                  brats_slices=24, steps_per_epoch=0, ablation_folds=2),
     "teaching": dict(),  # the dataclass defaults above
     "paper": dict(image_size=512, batch_size=32, folds=5, max_epochs=200, patience=10, learning_rate=1e-3,
                   base_filters=32, depth=4, lidc_patients=60, lidc_size=512, lidc_slices=120,
                   brats_patients=60, brats_size=240, brats_slices=155, ablation_folds=5,
-                  ablation_datasets=("lidc", "brats")),
+                  steps_per_epoch=0, ablation_datasets=("lidc", "brats")),
 }
 
 def _coerce(name: str, value, like):

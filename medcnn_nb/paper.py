@@ -18,8 +18,8 @@ from .config import (Config, OutputLayout, add_config_args, config_from_args, en
                               versions, write_json)
 
 # %% auto #0
-__all__ = ['experiments_dir', 'phantom_settings', 'ensure_phantoms', 'run_notebook', 'plan', 'FoldProgress', 'prepare_outputs',
-           'write_manifest', 'print_products', 'main']
+__all__ = ['experiments_dir', 'phantom_settings', 'ensure_phantoms', 'run_notebook', 'run_jobs', 'plan', 'FoldProgress',
+           'prepare_outputs', 'write_manifest', 'print_products', 'main']
 
 # %% ../nbs/06b_paper.ipynb #46f4ed73
 def experiments_dir() -> Path:
@@ -80,6 +80,36 @@ def run_notebook(name: str,            # "lidc", "brats" or "paper"
                         cwd=str(src.parent), progress_bar=False, log_output=log_output)
     return time.perf_counter() - t0
 
+# %% ../nbs/06b_paper.ipynb #a7c1e0d2
+def run_jobs(jobs: list[dict], # papermill jobs from `plan`
+             workers: int = 1, # how many notebooks run at the same time
+             timings: dict | None = None # filled with each job's seconds
+            ) -> list[tuple[str, str]]:
+    """Run `jobs`, `workers` at a time; return the (label, error) of those that failed.
+
+    Jobs are independent (each fold writes only its own folder; the slice cache and folds.json are written
+    atomically and are the same for every job), so running two at once overlaps their start-up (kernel,
+    imports, tracing), a third of a small job's time on a CPU. A failed job does not stop the others: what
+    they compute is kept for `--resume`."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing
+    timings = {} if timings is None else timings
+    label = lambda j: j["name"] if j["variant"] is None else f"{j['dataset']}/{j['variant']}"
+    failed = []
+    def record(j, call):
+        try: timings[f"notebook_{label(j)}"] = round(call(), 1)
+        except Exception as e:
+            failed.append((label(j), f"{type(e).__name__}: {str(e)[-2000:]}"))
+            print(f"\nmedcnn-paper: {label(j)} failed ({type(e).__name__}); see the executed notebook {j['executed']}",
+                  file=sys.stderr)
+    if workers <= 1:
+        for j in jobs: record(j, lambda: run_notebook(j["name"], j["executed"], j["parameters"]))
+        return failed
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_notebook, j["name"], j["executed"], j["parameters"]): j for j in jobs}
+        for f in as_completed(futures): record(futures[f], f.result)
+    return failed
+
 # %% ../nbs/06b_paper.ipynb #b5290252
 def plan(cfg: Config,             # the run's configuration
          data_dirs: dict,         # dataset -> data folder
@@ -97,8 +127,9 @@ def plan(cfg: Config,             # the run's configuration
                                          variant=variant, folds=",".join(map(str, folds)),
                                          out_dir=str(Path(out).resolve()), seed=cfg.seed, overrides=overrides,
                                          verbose=2)))
-    for dataset in ("lidc", "brats"):
-        for variant in ("unoptimised", "optimised"): job(dataset, variant, list(range(cfg.folds)))
+    # datasets alternate, so that parallel jobs (--jobs 2) build the two slice caches at the same time
+    for variant in ("unoptimised", "optimised"):
+        for dataset in ("lidc", "brats"): job(dataset, variant, list(range(cfg.folds)))
     for dataset in cfg.ablation_datasets:
         for variant in ABLATION:
             if variant not in ("unoptimised", "optimised"):
@@ -179,6 +210,9 @@ def main(argv=None) -> int:
     p.add_argument("--phantoms", type=Path, help="where phantoms are generated (default: data/phantoms beside --out)")
     p.add_argument("--resume", action="store_true", help="continue the runs in the output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="experiment notebooks run at the same time (default: 2 on a CPU with 2+ cores for the smoke "
+                        "and teaching profiles, 1 for paper, whose jobs each want the whole GPU)")
     add_config_args(p)
     args = p.parse_args(argv)
     started = time.perf_counter()
@@ -201,15 +235,17 @@ def main(argv=None) -> int:
         else: data_dirs[dataset] = given.resolve()
     write_manifest(layout, cfg, data_dirs, timings, started)  # early, so --resume can check the config
     jobs = plan(cfg, data_dirs, args.out)
+    workers = args.jobs or (min(2, os.cpu_count() or 1) if cfg.profile != "paper" else 1)
+    training = [j for j in jobs if j["variant"] is not None]
     with FoldProgress(_fold_files(cfg, args.out, jobs), disable=args.quiet):
-        for j in jobs:
-            label = j["name"] if j["variant"] is None else f"{j['dataset']}/{j['variant']}"
-            try: timings[f"notebook_{label}"] = round(run_notebook(j["name"], j["executed"], j["parameters"]), 1)
-            except Exception as e:
-                print(f"\nmedcnn-paper: {label} failed ({type(e).__name__}); see the executed notebook {j['executed']}",
-                      file=sys.stderr)
-                print(str(e)[-2000:], file=sys.stderr)
-                return 1
+        failed = run_jobs(training, workers, timings)
+        # the aggregation reads every fold, so it runs only once they are all there
+        if not failed: failed = run_jobs([j for j in jobs if j["variant"] is None], 1, timings)
+    if failed:
+        for name, error in failed: print(f"medcnn-paper: {name}: {error}", file=sys.stderr)
+        write_manifest(layout, cfg, data_dirs, timings, started)
+        print("finished folds are kept; rerun with --resume to continue", file=sys.stderr)
+        return 1
     write_manifest(layout, cfg, data_dirs, timings, started)
     print(f"\ndone in {time.perf_counter() - started:.0f} s; tables and figures:")
     print_products(layout)
