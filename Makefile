@@ -28,13 +28,7 @@ $(STAMP): settings.ini setup.py
 install: $(STAMP)
 
 paper: $(STAMP)
-	@if $(PY) -c "import medcnn_nb.paper" 2>/dev/null; then \
-	   $(VENV)/bin/medcnn-paper --profile $(PROFILE) $(PAPER_ARGS); \
-	 else \
-	   echo "make paper: the main job (medcnn_nb.paper, issue 6) is not built yet, so no table or figure is produced."; \
-	   echo "What exists now: the configuration and profiles (nbs/00_config.ipynb):"; \
-	   $(PY) -c "from medcnn_nb.config import get_config, env_report; print(env_report()); print(get_config('$(PROFILE)'))"; \
-	 fi
+	$(VENV)/bin/medcnn-paper --profile $(PROFILE) $(PAPER_ARGS)
 
 # Regenerate the library, the cleaned notebooks and README.md from the notebooks.
 sync: $(STAMP)

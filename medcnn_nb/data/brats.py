@@ -193,11 +193,14 @@ def regions(seg: np.ndarray # internal labels 0..3, any shape
 
 # %% ../../nbs/02b_data_brats.ipynb #ade5b9cf
 def _candidate_folders(root: Path) -> list[Path]:
-    "Folders under `root` (itself included) named like a BraTS case or holding NIfTI files."
+    "Folders under `root` (itself included) named like a BraTS case or holding NIfTI files; DataError when none."
+    if not root.is_dir(): raise DataError(root, "not a folder")
     dirs = [root, *sorted(p for p in root.rglob("*") if p.is_dir())]
     named = lambda d: any(CASE_PATTERNS[y].match(d.name) for y in YEARS)
     has_nifti = lambda d: any(_nifti_stem(p.name) is not None for p in d.iterdir() if p.is_file())
-    return [d for d in dirs if named(d) or has_nifti(d)]
+    found = [d for d in dirs if named(d) or has_nifti(d)]
+    if not found: raise DataError(root, f"no BraTS case found: no .nii/.nii.gz file; {_EXPECTED}")
+    return found
 
 def _is_brats(d: Path) -> bool:
     return any(CASE_PATTERNS[y].match(d.name) for y in YEARS) or \
@@ -207,24 +210,18 @@ def find_brats_cases(root: str | Path # a dataset folder, any depth
                     ) -> list[Path]:
     "The BraTS case folders under `root`, sorted; DataError when there is none."
     root = Path(root)
-    if not root.is_dir(): raise DataError(root, "not a folder")
     candidates = _candidate_folders(root)
     cases = [d for d in candidates if _is_brats(d)]
     if not cases:
-        found = f"NIfTI folders {[str(d.relative_to(root)) for d in candidates]} but none in BraTS naming" if candidates \
-            else "no .nii/.nii.gz file"
-        raise DataError(root, f"no BraTS case found: {found}; {_EXPECTED}")
+        found = [str(d.relative_to(root)) for d in candidates]
+        raise DataError(root, f"no BraTS case found: NIfTI folders {found} but none in BraTS naming; {_EXPECTED}")
     return cases
 
 def scan_brats(root: str | Path # a dataset folder, any depth
               ) -> list[dict]:
     "One summary per case folder: {case_id, path, ok, year, modalities, shape, labels, problems}."
-    root = Path(root)
-    if not root.is_dir(): raise DataError(root, "not a folder")
-    candidates = _candidate_folders(root)
-    if not candidates: raise DataError(root, f"no BraTS case found: no .nii/.nii.gz file; {_EXPECTED}")
     rows = []
-    for d in candidates:
+    for d in _candidate_folders(Path(root)):
         row = dict(case_id=d.name, path=str(d), ok=False, year=None, modalities=[], shape=None, labels=None, problems=[])
         try:
             row["year"], row["case_id"], files, _ = _find_layout(d)
