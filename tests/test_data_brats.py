@@ -282,6 +282,6 @@ def test_misnamed_seg_is_reported_not_used(tmp_path):
     d = write_case(tmp_path, "BraTS20_Training_355", 2020, volumes())
     nib.save(nib.Nifti1Image(np.zeros((8, 7, 5), np.uint8), np.eye(4)), d / "W39_1998.09.19_Segm.nii")
     case = load_brats_case(d)
-    assert case.seg is None and case.problems == ["ignored NIfTI files not in BraTS 2020 naming: ['W39_1998.09.19_Segm.nii']"]
+    assert case.seg is None and case.problems == [f"{d}: ignored NIfTI files not in BraTS 2020 naming: ['W39_1998.09.19_Segm.nii']"]
     (row,) = scan_brats(tmp_path)
     assert row["ok"] and row["labels"] is None and row["problems"] == case.problems

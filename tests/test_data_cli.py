@@ -40,7 +40,7 @@ def test_data_lidc_text_and_json(lidc_dir, capsys):
     rows = json.loads(out)
     assert code == 0 and [r["case_id"] for r in rows] == ["LIDC-IDRI-0001", "LIDC-IDRI-0002", "LIDC-IDRI-0003"]
     for r in rows:
-        assert set(r) == {"case_id", "path", "ok", "slices", "spacing", "nodules", "consensus_nodules", "problems"}
+        assert set(r) == {"case_id", "path", "ok", "slices", "spacing", "nodules", "consensus_nodules", "problems", "assumptions"}
         xml = parse_lidc_xml(next(Path(r["path"]).glob("*.xml")))
         assert r["nodules"] == sum(len(rd.nodules) for rd in xml.readers)
         assert r["consensus_nodules"] <= r["nodules"]
@@ -64,7 +64,7 @@ def test_lidc_xml_json_on_real_files(real_data, capsys):
     for f in files:
         code, out, _ = _run(capsys, data_main, "lidc-xml", f, "--json")
         doc, text = json.loads(out), f.read_text()
-        assert code == 0 and set(doc) == {"series_uid", "kind", "readers"}
+        assert code == 0 and set(doc) == {"series_uid", "kind", "readers", "problems"}
         if "<IdriReadMessage" in text:
             assert doc["kind"] == "xray" and doc["readers"] == []
             continue

@@ -12,11 +12,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .core import DataError
+from .core import DataError, walk_files
 
 # %% auto #0
-__all__ = ['MODALITIES', 'REGIONS', 'YEARS', 'SUFFIXES', 'LABEL_MAPS', 'CASE_PATTERNS', 'SEPARATOR', 'brats_layout', 'BratsCase',
-           'map_labels', 'load_brats_case', 'regions', 'find_brats_cases', 'scan_brats']
+__all__ = ['MODALITIES', 'REGIONS', 'YEARS', 'SUFFIXES', 'LABEL_CONVENTIONS', 'LABEL_RELEASES', 'LABEL_MAPS', 'CASE_PATTERNS',
+           'SEPARATOR', 'brats_layout', 'BratsCase', 'map_labels', 'load_brats_case', 'regions', 'find_brats_cases',
+           'scan_brats']
 
 # %% ../../nbs/02b_data_brats.ipynb #87d27b6f
 MODALITIES = ("t1", "t1ce", "t2", "flair")  # channel order of `BratsCase.image`
@@ -27,8 +28,12 @@ YEARS = (2020, 2021, 2023)
 SUFFIXES = {2020: dict(t1="t1", t1ce="t1ce", t2="t2", flair="flair", seg="seg"),
             2021: dict(t1="t1", t1ce="t1ce", t2="t2", flair="flair", seg="seg"),
             2023: dict(t1="t1n", t1ce="t1c", t2="t2w", flair="t2f", seg="seg")}
-# Stored label -> internal label; anything else in a seg file is an error, never silently dropped.
-LABEL_MAPS = {2020: {0: 0, 1: 1, 2: 2, 4: 3}, 2021: {0: 0, 1: 1, 2: 2, 4: 3}, 2023: {0: 0, 1: 1, 2: 2, 3: 3}}
+# Stored label -> internal label, per release convention: 2015-2016 had 3 = non-enhancing tumour (folded into
+# 1 from 2017 on), 2017-2021 store ET as 4, 2023+ as 3. Anything else in a seg file is an error, never dropped.
+LABEL_CONVENTIONS = {"2015": {0: 0, 1: 1, 2: 2, 3: 1, 4: 3}, "2017": {0: 0, 1: 1, 2: 2, 4: 3},
+                     "2023": {0: 0, 1: 1, 2: 2, 3: 3}}
+LABEL_RELEASES = {"2015": "2015-2016", "2017": "2017-2021", "2023": "2023+"}
+LABEL_MAPS = {2020: LABEL_CONVENTIONS["2017"], 2021: LABEL_CONVENTIONS["2017"], 2023: LABEL_CONVENTIONS["2023"]}
 # Case folder names; the separator between case id and suffix is "_" before 2023 and "-" after.
 CASE_PATTERNS = {2020: re.compile(r"^BraTS20_(Training|Validation|Testing)_\d+$"),
                  2021: re.compile(r"^BraTS2021_\d+$"),
@@ -97,6 +102,7 @@ class BratsCase:
     brain_mask: np.ndarray        # (x, y, z) bool, nonzero in any modality
     files: dict = field(default_factory=dict)     # modality/'seg' -> file read
     problems: list = field(default_factory=list)  # non-fatal warnings
+    assumptions: list = field(default_factory=list)  # what was assumed, and why (each names the file)
 
     @property
     def spacing(self) -> tuple: return tuple(float(s) for s in nib.affines.voxel_sizes(self.affine))  # (x, y, z) mm
@@ -135,25 +141,58 @@ def _check_same_grid(path: Path, img, ref_path: Path, ref) -> None:
                               f"(max difference {np.abs(img.affine - ref.affine).max():.4g} mm)")
 
 # %% ../../nbs/02b_data_brats.ipynb #ef8f5b98
+def _label_hint(values: set) -> str:
+    "Which release conventions hold all of `values`, and the option that reads a file in each."
+    fits = [k for k, m in LABEL_CONVENTIONS.items() if values <= set(m)]
+    if not fits:
+        return ("; no BraTS release uses these values (2015-2016: 0-4 with 3 non-enhancing, 2017-2021: 0, 1, 2, 4, "
+                "2023+: 0-3 with 3 ET): is this a label map at all?")
+    looks = " or ".join(f"the {LABEL_RELEASES[k]} convention" for k in fits)
+    opts = " or ".join(f"labels='{k}' (medcnn-data brats --labels {k})" for k in fits)
+    return f"; the values fit {looks}: read it with {opts}"
+
 def map_labels(stored: np.ndarray, # the label map as stored on disk
                year: int,          # naming scheme the file belongs to
-               path: str | Path = "seg" # the file, for the error message
+               path: str | Path = "seg", # the file, for the error message
+               labels: str | None = None # label convention "2015", "2017" or "2023"; default: the naming's
               ) -> np.ndarray:
-    "Stored BraTS labels of `year` -> internal uint8 labels 0 bg, 1 NCR/NET, 2 ED, 3 ET."
-    mapping = LABEL_MAPS[year]
+    "Stored BraTS labels -> internal uint8 labels 0 bg, 1 NCR/NET, 2 ED, 3 ET."
+    if labels is not None and labels not in LABEL_CONVENTIONS:
+        raise ValueError(f"labels must be one of {sorted(LABEL_CONVENTIONS)}, got {labels!r}")
+    mapping = LABEL_CONVENTIONS[labels] if labels else LABEL_MAPS[year]
     values = np.unique(stored)
     unknown = [int(v) if v == np.round(v) else float(v) for v in values if v not in mapping or v != np.round(v)]
     if unknown:
-        hint = ""
-        if year != 2023 and 3 in unknown: hint = " (3 is ET in the 2023+ labels: is this a 2023 file?)"
-        if year == 2023 and 4 in unknown: hint = " (4 is ET in the 2020/2021 labels: is this an older file?)"
-        raise DataError(path, f"unknown label values {unknown}; BraTS {year} labels are {sorted(mapping)}{hint}")
+        conv = (f"{LABEL_RELEASES[labels]} convention (labels='{labels}')" if labels else
+                f"{LABEL_RELEASES['2023' if year == 2023 else '2017']} convention of the BraTS {year} naming")
+        integral = {int(v) for v in values if v == np.round(v)}
+        hint = _label_hint(integral) if len(integral) == len(values) else "; label maps hold whole numbers"
+        raise DataError(path, f"unknown label values {unknown}: the {conv} convention has labels {sorted(mapping)}{hint}")
     lut = np.zeros(max(mapping) + 1, np.uint8)
     for k, v in mapping.items(): lut[k] = v
     return lut[stored.astype(np.intp)]
 
 # %% ../../nbs/02b_data_brats.ipynb #da71d4bc
-def load_brats_case(case_dir: str | Path # a BraTS case folder (2020, 2021 or 2023+ naming)
+def _brain_mask(image: np.ndarray, files: dict, assumptions: list) -> np.ndarray:
+    "Voxels that differ from the background in any modality; the background is what fills the 8 corners."
+    mask = np.zeros(image.shape[:3], bool)
+    for k, m in enumerate(MODALITIES):
+        ch = image[..., k]
+        corners = ch[np.ix_(*[[0, -1]] * 3)].ravel()
+        # skull-stripped BraTS has 0 there; a z-scored volume has one negative constant instead
+        bg = float(corners[0]) if (corners == corners[0]).all() else 0.0
+        if bg != 0:
+            assumptions.append(f"{files[m]}: the background is {bg:g}, not 0 (z-scored input?): the brain mask leaves out "
+                               "that value instead of zero")
+        mask |= ch != bg
+    if mask.size and mask.mean() > 0.99:
+        assumptions.append(f"{files[MODALITIES[0]]}: the brain mask covers {mask.mean():.0%} of the volume: no background "
+                           "to leave out (not skull-stripped, or normalised with noise?), so metrics 'inside the brain' "
+                           "cover the whole volume")
+    return mask
+
+def load_brats_case(case_dir: str | Path,     # a BraTS case folder (2020, 2021 or 2023+ naming)
+                    labels: str | None = None # label convention "2015", "2017", "2023" (default: the naming's)
                    ) -> BratsCase:
     "The case's four modalities (x,y,z,4) float32 in RAS+, its internal label map (or None) and brain mask."
     case_dir = Path(case_dir)
@@ -166,21 +205,21 @@ def load_brats_case(case_dir: str | Path # a BraTS case folder (2020, 2021 or 20
         _check_same_grid(files[m], img, ref_path, ref)
         channels.append(_read_data(files[m], img))
     image = np.stack(channels, axis=-1)
-    seg = None
+    seg, problems, assumptions = None, [], []
     if files["seg"] is not None:
         img = _load_volume(files["seg"])
         _check_same_grid(files["seg"], img, ref_path, ref)
-        seg = map_labels(_read_data(files["seg"], img, np.float64), year, files["seg"])
-    brain = (image != 0).any(axis=-1)
-    problems = []
+        seg = map_labels(_read_data(files["seg"], img, np.float64), year, files["seg"], labels)
+        if labels: assumptions.append(f"{files['seg']}: labels read in the {LABEL_RELEASES[labels]} convention, as asked")
+    brain = _brain_mask(image, files, assumptions)
     used = {p.name for p in files.values() if p is not None}
     ignored = sorted(p.name for p in case_dir.iterdir() if _nifti_stem(p.name) is not None and p.name not in used)
-    if ignored: problems.append(f"ignored NIfTI files not in BraTS {year} naming: {ignored}")  # e.g. a misnamed seg
-    if not brain.any(): problems.append(f"{ref_path.name}: every modality is zero everywhere")
+    if ignored: problems.append(f"{case_dir}: ignored NIfTI files not in BraTS {year} naming: {ignored}")  # e.g. a misnamed seg
+    if not brain.any(): problems.append(f"{ref_path}: every modality is zero everywhere")
     if seg is not None and (outside := int(((seg > 0) & ~brain).sum())):
-        problems.append(f"{files['seg'].name}: {outside} tumour voxels lie outside the brain mask")
+        problems.append(f"{files['seg']}: {outside} tumour voxels lie outside the brain mask")
     return BratsCase(case_id, year, case_dir, image, ref.affine.copy(), seg, brain,
-                     {k: v for k, v in files.items() if v is not None}, problems)
+                     {k: v for k, v in files.items() if v is not None}, problems, assumptions)
 
 # %% ../../nbs/02b_data_brats.ipynb #2b43c3fc
 def regions(seg: np.ndarray # internal labels 0..3, any shape
@@ -193,9 +232,11 @@ def regions(seg: np.ndarray # internal labels 0..3, any shape
 
 # %% ../../nbs/02b_data_brats.ipynb #ade5b9cf
 def _candidate_folders(root: Path) -> list[Path]:
-    "Folders under `root` (itself included) named like a BraTS case or holding NIfTI files; DataError when none."
+    "Folders under `root` (itself included, linked folders followed) named like a BraTS case or holding NIfTI files."
     if not root.is_dir(): raise DataError(root, "not a folder")
-    dirs = [root, *sorted(p for p in root.rglob("*") if p.is_dir())]
+    visited: list[Path] = []
+    walk_files(root, folders=visited)
+    dirs = [root, *sorted(d for d in visited if d != root)]
     named = lambda d: any(CASE_PATTERNS[y].match(d.name) for y in YEARS)
     has_nifti = lambda d: any(_nifti_stem(p.name) is not None for p in d.iterdir() if p.is_file())
     found = [d for d in dirs if named(d) or has_nifti(d)]
@@ -217,19 +258,23 @@ def find_brats_cases(root: str | Path # a dataset folder, any depth
         raise DataError(root, f"no BraTS case found: NIfTI folders {found} but none in BraTS naming; {_EXPECTED}")
     return cases
 
-def scan_brats(root: str | Path # a dataset folder, any depth
+def scan_brats(root: str | Path,         # a dataset folder, any depth
+               labels: str | None = None # label convention, see `map_labels`
               ) -> list[dict]:
-    "One summary per case folder: {case_id, path, ok, year, modalities, shape, labels, problems}."
+    "One summary per case folder: {case_id, path, ok, year, modalities, shape, labels, problems, assumptions}."
     rows = []
     for d in _candidate_folders(Path(root)):
-        row = dict(case_id=d.name, path=str(d), ok=False, year=None, modalities=[], shape=None, labels=None, problems=[])
+        row = dict(case_id=d.name, path=str(d), ok=False, year=None, modalities=[], shape=None, labels=None, problems=[],
+                   assumptions=[])
         try:
             row["year"], row["case_id"], files, _ = _find_layout(d)
             row["modalities"] = [m for m in (*MODALITIES, "seg") if files[m] is not None]
-            case = load_brats_case(d)
-            row.update(ok=True, shape=list(case.shape), problems=list(case.problems),
+            case = load_brats_case(d, labels)
+            row.update(ok=True, shape=list(case.shape), problems=list(case.problems), assumptions=list(case.assumptions),
                        labels=None if case.seg is None else np.unique(case.seg).tolist())
-        except DataError as e:
-            row["problems"].append(str(e))
+        except DataError as e: row["problems"].append(str(e))
+        except Exception as e:  # a reader bug must not hide the other cases; say so in words
+            row["problems"].append(f"{d}: this case could not be read ({e or type(e).__name__}); the reader did not "
+                                   "expect it, which is a bug in medcnn_nb: please report it")
         rows.append(row)
     return rows

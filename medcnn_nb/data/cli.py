@@ -10,10 +10,10 @@ import json
 import sys
 from pathlib import Path
 
-from .core import DataError
+from .core import DataError, printable
 
 # %% auto #0
-__all__ = ['phantom_main', 'annotation_summary', 'data_main']
+__all__ = ['phantom_main', 'annotation_summary', 'data_main', 'validate_dataset', 'validation_summary']
 
 # %% ../../nbs/02e_data_cli.ipynb #8ad43ff1
 def _phantom_parser() -> argparse.ArgumentParser:
@@ -66,7 +66,8 @@ def annotation_summary(ann) -> dict:
             "readers": [{"id": r.id,
                          "nodules": [{"id": n.id, "rois": len(n.rois), "characteristics": bool(n.characteristics),
                                       "malignancy": n.malignancy} for n in r.nodules],
-                         "small_nodules": len(r.small_nodules), "non_nodules": len(r.non_nodules)} for r in ann.readers]}
+                         "small_nodules": len(r.small_nodules), "non_nodules": len(r.non_nodules)} for r in ann.readers],
+            "problems": list(ann.problems)}
 
 def _data_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medcnn-data", description="Inspect a LIDC-IDRI or BraTS dataset folder.")
@@ -75,12 +76,19 @@ def _data_parser() -> argparse.ArgumentParser:
     lidc.add_argument("dir"); lidc.add_argument("--consensus", type=float, default=0.5, help="agreement level (default 0.5)")
     brats = sub.add_parser("brats", help="scan a BraTS folder (2020, 2021, 2023+ naming)")
     brats.add_argument("dir")
+    brats.add_argument("--labels", choices=("2015", "2017", "2023"), default=None,
+                       help="label convention of the seg files: 2015 (2015-2016: 3 = non-enhancing, 4 = ET), "
+                            "2017 (2017-2021: 4 = ET), 2023 (2023+: 3 = ET); default: the one of the file naming")
     xml = sub.add_parser("lidc-xml", help="print one parsed LIDC XML file")
     xml.add_argument("file")
     for s in (lidc, brats, xml): s.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 # %% ../../nbs/02e_data_cli.ipynb #0da8e266
+def _say(line: str = "", file=None):
+    "Print one line of human-readable output with control characters escaped (a file name cannot forge a line)."
+    print(printable(line), file=file or sys.stdout)
+
 def data_main(argv: list[str] | None = None  # command-line arguments (default: sys.argv[1:])
              ) -> int:
     "`medcnn-data lidc DIR | brats DIR | lidc-xml FILE [--json]`; 1 when anything failed to load."
@@ -91,27 +99,65 @@ def data_main(argv: list[str] | None = None  # command-line arguments (default: 
             ann = parse_lidc_xml(a.file)
             doc = annotation_summary(ann)
             if a.json: print(json.dumps(doc, indent=1))
-            elif ann.kind == "xray": print(f"{a.file}: {ann.message}")
+            elif ann.kind == "xray": _say(f"{a.file}: {ann.message}")
             else:
-                print(f"{a.file}: LIDC XML {ann.version}, series {ann.series_uid}, {len(ann.readers)} readers")
+                _say(f"{a.file}: LIDC XML {ann.version}, series {ann.series_uid}, {len(ann.readers)} readers")
                 for r in doc["readers"]:
-                    print(f"  reader {r['id']}: {len(r['nodules'])} nodules >= 3 mm, {r['small_nodules']} small, "
-                          f"{r['non_nodules']} non-nodules")
+                    _say(f"  reader {r['id']}: {len(r['nodules'])} nodules >= 3 mm, {r['small_nodules']} small, "
+                         f"{r['non_nodules']} non-nodules")
+                for p in ann.problems: _say(f"    warning: {p}")
             return 0
         if a.what == "lidc":
             from medcnn_nb.data.lidc import scan_lidc
             rows, line = scan_lidc(a.dir, consensus=a.consensus), _lidc_line
         else:
             from medcnn_nb.data.brats import scan_brats
-            rows, line = scan_brats(a.dir), _brats_line
+            rows, line = scan_brats(a.dir, a.labels), _brats_line
     except DataError as e:
         if getattr(a, "json", False): print(json.dumps({"error": str(e)}))
-        print(f"error: {e}", file=sys.stderr); return 1
+        _say(f"error: {e}", sys.stderr); return 1
     failed = sum(not r["ok"] for r in rows)
     if a.json: print(json.dumps(rows, indent=1))
     else:
         for r in rows:
-            print(line(r))
-            for p in r["problems"]: print(f"    problem: {p}")
+            _say(line(r))
+            for p in r["problems"]: _say(f"    problem: {p}")
+            for p in r.get("assumptions", []): _say(f"    assumed: {p}")
         print(f"{len(rows)} case(s), {failed} failed")
     return 1 if failed else 0
+
+# %% ../../nbs/02e_data_cli.ipynb #402a457c
+def validate_dataset(dataset: str,            # "lidc" or "brats"
+                     root: str | Path,        # the dataset folder
+                     consensus: float = 0.5,  # LIDC agreement level
+                     labels: str | None = None # BraTS label convention (see `map_labels`)
+                    ) -> dict:
+    "Load every case once: {'dataset', 'folder', 'loaded': [...], 'skipped': [...]}, each {case_id, path, warnings} or {case_id, path, cause}."
+    if dataset == "lidc":
+        from medcnn_nb.data.lidc import scan_lidc
+        rows = scan_lidc(root, consensus=consensus)
+    elif dataset == "brats":
+        from medcnn_nb.data.brats import scan_brats
+        rows = scan_brats(root, labels)
+    else: raise ValueError(f"dataset must be 'lidc' or 'brats', got {dataset!r}")
+    loaded, skipped = [], []
+    for r in rows:
+        if r["ok"] and dataset == "brats" and r["labels"] is None:  # inference cases cannot train
+            r = dict(r, ok=False, problems=[f"{r['path']}: no segmentation file (<case>_seg.nii.gz): cannot be used "
+                                            "for training"])
+        entry = dict(case_id=r["case_id"], path=r["path"])
+        if r["ok"]: loaded.append(dict(entry, warnings=r["problems"] + r.get("assumptions", [])))
+        else: skipped.append(dict(entry, cause="; ".join(r["problems"]) or "failed to load"))
+    return dict(dataset=dataset, folder=str(root), loaded=loaded, skipped=skipped)
+
+def validation_summary(checks: list[dict] # `validate_dataset` results
+                      ) -> str:
+    "The human-readable report: per dataset, cases loaded and skipped, each skipped case with its file and cause."
+    lines = []
+    for c in checks:
+        lines.append(f"data check, {c['dataset']} ({c['folder']}): {len(c['loaded'])} case(s) loaded, "
+                     f"{len(c['skipped'])} skipped")
+        for s in c["skipped"]: lines.append(f"  skipped {s['case_id']}: {s['cause']}")
+        for l in c["loaded"]:
+            for w in l["warnings"]: lines.append(f"  warning {l['case_id']}: {w}")
+    return "\n".join(printable(l) for l in lines)

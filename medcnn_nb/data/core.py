@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Iterable
 
 # %% auto #0
-__all__ = ['DataError', 'data_fingerprint']
+__all__ = ['DataError', 'printable', 'walk_files', 'data_fingerprint']
 
 # %% ../../nbs/02_data_core.ipynb #5b3231bf
 class DataError(ValueError):
@@ -19,6 +20,42 @@ class DataError(ValueError):
                  problem: str): # what is wrong with it, in words
         self.path, self.problem = Path(path), problem
         super().__init__(f"{self.path}: {problem}")
+
+# %% ../../nbs/02_data_core.ipynb #009bb658
+def printable(text # anything; its str() is escaped
+             ) -> str:
+    "`text` on one safe line: control characters (newline, ESC, ...) and undecodable bytes escaped as `\\n`, `\\x1b`, ..."
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in str(text))
+
+def walk_files(root: str | Path,        # a folder (or one file)
+               problems: list | None = None, # folders skipped (loops, unreadable) are reported here
+               folders: list | None = None   # if given, every folder read is appended here
+              ) -> list[Path]:
+    "Every file under `root`, sorted; symbolic links to folders are followed, each real folder once (loop-safe)."
+    root = Path(root)
+    if root.is_file(): return [root]
+    files, seen, todo = [], set(), [root]
+    while todo:
+        d = todo.pop()
+        try:
+            st = d.stat()
+            if (st.st_dev, st.st_ino) in seen:  # a link back up the tree, or a second link to one folder
+                if problems is not None: problems.append(f"{d}: a link to a folder already read, skipped")
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            entries = sorted(os.scandir(d), key=lambda e: e.name, reverse=True)  # popped in name order
+            if folders is not None: folders.append(d)
+        except OSError as e:
+            if problems is not None: problems.append(f"{d}: cannot be read ({e.strerror or e})")
+            continue
+        for e in entries:
+            try:
+                if e.is_dir(): todo.append(Path(e.path))  # follows symbolic links
+                elif e.is_file(): files.append(Path(e.path))
+                elif e.is_symlink() and problems is not None: problems.append(f"{e.path}: a broken link, skipped")
+            except OSError: continue
+    return sorted(files)
 
 # %% ../../nbs/02_data_core.ipynb #c28ab890
 def data_fingerprint(root: str | Path,                # the dataset folder
@@ -29,7 +66,7 @@ def data_fingerprint(root: str | Path,                # the dataset folder
     root = Path(root)
     if not root.is_dir(): raise DataError(root, "not a folder")
     h = hashlib.sha256()
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(tuple(suffixes)))
+    files = [p for p in walk_files(root) if p.name.lower().endswith(tuple(suffixes))]
     for p in files:
         h.update(p.relative_to(root).as_posix().encode() + b"\0" + str(p.stat().st_size).encode() + b"\0")
         with open(p, "rb") as f: h.update(f.read(head_bytes))

@@ -18,15 +18,17 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from scipy import ndimage
 
-from .core import DataError
+from .core import DataError, walk_files
 
 # %% auto #0
-__all__ = ['find_series', 'CTSeries', 'read_series', 'Roi', 'ReaderNodule', 'NonNodule', 'Reader', 'LidcAnnotation',
-           'parse_lidc_xml', 'contour_mask', 'BoxMask', 'reader_mask', 'ConsensusNodule', 'group_marks',
-           'consensus_box', 'LidcCase', 'load_lidc_case', 'find_lidc_cases', 'scan_lidc']
+__all__ = ['CHARACTERISTIC_RANGES', 'MAX_PIXEL', 'MAX_Z_MM', 'find_series', 'CTSeries', 'read_series', 'Roi', 'ReaderNodule',
+           'NonNodule', 'Reader', 'LidcAnnotation', 'parse_lidc_xml', 'rois_outside', 'contour_mask', 'BoxMask',
+           'reader_mask', 'ConsensusNodule', 'group_marks', 'consensus_box', 'LidcCase', 'load_lidc_case',
+           'find_lidc_cases', 'scan_lidc']
 
 # %% ../../nbs/02a_data_lidc.ipynb #08742975
 def _is_dicom_candidate(p: Path) -> bool:
+    if p.name.upper() == "DICOMDIR": return False  # the media index (PS3.10 §8.6): not a slice, see below
     if p.suffix.lower() == ".dcm": return True
     if p.suffix or p.name.startswith("."): return False
     try:
@@ -34,8 +36,7 @@ def _is_dicom_candidate(p: Path) -> bool:
     except OSError: return False
 
 def _dicom_files(root: Path) -> list[Path]:
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    return [p for p in files if _is_dicom_candidate(p)]
+    return [p for p in walk_files(root) if _is_dicom_candidate(p)]
 
 _DICOMDIR_SOP = "1.2.840.10008.1.3.10"  # Media Storage Directory: an index, not an image
 
@@ -67,32 +68,134 @@ class CTSeries:
     z_positions: np.ndarray  # (z,) patient z of each slice (ImagePositionPatient[2]), as LIDC XML uses
     sop_uids: np.ndarray     # (z,) SOPInstanceUID of each slice
     files: list              # (z,) the file of each slice
-    problems: list = field(default_factory=list)  # non-fatal warnings (strict=False)
+    problems: list = field(default_factory=list)     # non-fatal warnings (strict=False)
+    assumptions: list = field(default_factory=list)  # values the headers lacked and what was assumed instead
 
 def _stored_pixels(ds, path: Path) -> np.ndarray:
     if "PixelData" not in ds:
         raise DataError(path, "DICOM file without pixel data (not an image slice, or cut short before the pixels)")
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) and ds.BitsAllocated == 16 and ds.BitsStored == 16 \
-            and ds.get("SamplesPerPixel", 1) == 1:
-        raw, need = ds.PixelData, rows * cols * 2
-        if len(raw) < need: raise DataError(path, f"truncated DICOM: pixel data holds {len(raw)} of {need} bytes")
-        return np.frombuffer(raw, dtype="<i2" if ds.PixelRepresentation else "<u2", count=rows * cols).reshape(rows, cols)
-    try: return ds.pixel_array  # compressed or unusual layouts: let pydicom decode
-    except Exception as e: raise DataError(path, f"cannot decode the pixel data ({e})") from e
+    if ds.get("Rows") is None or ds.get("Columns") is None:
+        raise DataError(path, "no Rows/Columns (0028,0010/0011): the Image Pixel module (PS3.3 C.7.6.3) requires both")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        if ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) and ds.BitsAllocated == 16 and ds.BitsStored == 16 \
+                and ds.get("SamplesPerPixel", 1) == 1:
+            raw, need = ds.PixelData, rows * cols * 2
+            if len(raw) < need: raise DataError(path, f"truncated DICOM: pixel data holds {len(raw)} of {need} bytes")
+            return np.frombuffer(raw, dtype="<i2" if ds.PixelRepresentation else "<u2", count=rows * cols).reshape(rows, cols)
+        return ds.pixel_array  # compressed or unusual layouts: let pydicom decode
+    except DataError: raise
+    except AttributeError as e:
+        raise DataError(path, f"cannot decode the pixel data: a required header field is missing ({e})") from None
+    except Exception as e: raise DataError(path, f"cannot decode the pixel data ({type(e).__name__}: {e})") from None
 
 def _read_slice(p: Path):
     try: ds = pydicom.dcmread(p)
     except InvalidDicomError as e: raise DataError(p, f"not a DICOM file ({e})") from e
+    except IsADirectoryError: raise DataError(p, "a folder, not a DICOM file") from None
+    except OSError as e: raise DataError(p, f"cannot be read ({e.strerror or e})") from None
     except Exception as e: raise DataError(p, f"unreadable DICOM, truncated or corrupt ({type(e).__name__}: {e})") from e
     return ds
+
+# %% ../../nbs/02a_data_lidc.ipynb #e2521d9d
+_CT_SOPS = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1")  # CT Image, Enhanced CT Image Storage
+
+def _numbers(ds, keyword: str, n: int, path: Path):
+    "The `n` numbers of a header field as floats; None when absent; DataError when malformed or not finite."
+    try:
+        if keyword not in ds or ds[keyword].value in (None, "", b""): return None
+        v = ds[keyword].value
+        vals = list(v) if isinstance(v, (list, tuple, pydicom.multival.MultiValue)) else [v]
+        out = np.array([float(x) for x in vals], float)
+    except Exception as e: raise DataError(path, f"{keyword} cannot be read as numbers ({e})") from None
+    if out.size != n: raise DataError(path, f"{keyword} holds {out.size} values, expected {n}")
+    if not np.isfinite(out).all(): raise DataError(path, f"{keyword} {out.tolist()} is not finite")
+    return out
+
+def _plane(iop: np.ndarray) -> str:
+    "axial, coronal or sagittal: the patient axis closest to the slice normal."
+    return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(np.cross(iop[:3], iop[3:]))))]
+
+def _odd_one(values: list, files: list, what: str, show=str):
+    "DataError naming the first file whose value differs from the series' most common one."
+    def key(v):
+        try: return tuple(round(float(x), 4) for x in np.atleast_1d(v))
+        except (TypeError, ValueError): return (repr(v),)
+    keys = [key(v) for v in values]
+    common = Counter(keys).most_common(1)[0][0]
+    for k, v, f in zip(keys, values, files):
+        if k != common:
+            ref = files[keys.index(common)]
+            raise DataError(f, f"{what} {show(v)} differs from the rest of the series ({show(values[keys.index(common)])} in "
+                               f"{ref.name} and {keys.count(common) - 1} other slices): not one series")
+
+def _required(values: list, files: list, keyword: str, module: str, consequence: str):
+    missing = [f for v, f in zip(values, files) if v is None]
+    if missing:
+        raise DataError(missing[0], f"no {keyword} ({len(missing)} of {len(files)} slices lack it); it is Type 1 (required) "
+                                    f"in the {module}, and without it {consequence}")
+
+def _geometry(slices: list, files: list) -> tuple:
+    "(orientation (6,), positions (n, 3), pixel spacing (2,)), each field checked file by file."
+    iops = [_numbers(ds, "ImageOrientationPatient", 6, f) for ds, f in zip(slices, files)]
+    _required(iops, files, "ImageOrientationPatient (0020,0037)", "Image Plane module (PS3.3 C.7.6.2)",
+              "the slices cannot be sorted along their normal")
+    _odd_one(iops, files, "orientation", lambda v: f"{_plane(v)} {np.round(v, 3).tolist()}")
+    iop = Counter(tuple(np.round(v, 4)) for v in iops).most_common(1)[0][0]
+    r, c = np.array(iop[:3]), np.array(iop[3:])
+    if abs(np.linalg.norm(r) - 1) > 0.01 or abs(np.linalg.norm(c) - 1) > 0.01 or abs(r @ c) > 0.01:
+        raise DataError(files[0], f"ImageOrientationPatient {list(iop)} is not two perpendicular unit vectors")
+    pos = [_numbers(ds, "ImagePositionPatient", 3, f) for ds, f in zip(slices, files)]
+    _required(pos, files, "ImagePositionPatient (0020,0032)", "Image Plane module (PS3.3 C.7.6.2)",
+              "the slice cannot be placed in the stack nor matched to the readers' z positions")
+    ps = [_numbers(ds, "PixelSpacing", 2, f) for ds, f in zip(slices, files)]
+    _required(ps, files, "PixelSpacing (0028,0030)", "Image Plane module (PS3.3 C.7.6.2)",
+              "the pixel size in mm is unknown (a guess of 1 mm would mis-scale every size and resampling)")
+    for v, f in zip(ps, files):
+        if (v <= 0).any(): raise DataError(f, f"PixelSpacing {v.tolist()} mm is not positive")
+    _odd_one(ps, files, "PixelSpacing", lambda v: f"{v.tolist()} mm")
+    return np.array(iop), np.array(pos), ps[0]
+
+# %% ../../nbs/02a_data_lidc.ipynb #e3ee55f4
+def _rescale(slices: list, files: list, assumptions: list) -> list[tuple]:
+    "(slope, intercept) per slice: the Modality LUT of PS3.3 C.11.1, each file checked."
+    is_ct = [str(ds.get("SOPClassUID", "")) in _CT_SOPS or str(ds.get("Modality", "")).upper() == "CT" for ds in slices]
+    out, no_slope, plain = [], [], []
+    for ds, f, ct in zip(slices, files, is_ct):
+        slope, intercept = _numbers(ds, "RescaleSlope", 1, f), _numbers(ds, "RescaleIntercept", 1, f)
+        if slope is None and intercept is None and not ct:
+            plain.append(f); out.append((1.0, 0.0)); continue  # no Modality LUT: stored values are the values
+        if intercept is None:
+            raise DataError(f, "no RescaleIntercept (0028,1052); it is Type 1 (required) in the CT Image module "
+                               "(PS3.3 C.8.2.1), and without it the stored values cannot be turned into Hounsfield units "
+                               "(they would be off by the intercept, usually -1024 HU)")
+        if slope is None: no_slope.append(f); slope = np.ones(1)
+        if slope[0] == 0: raise DataError(f, "RescaleSlope is 0: every voxel would equal the intercept")
+        out.append((float(slope[0]), float(intercept[0])))
+    if no_slope:
+        assumptions.append(f"{no_slope[0]}: no RescaleSlope (0028,1053) in {len(no_slope)} of {len(files)} slices "
+                           "(Type 1 in the CT Image module, PS3.3 C.8.2.1): assumed 1")
+    if plain:
+        assumptions.append(f"{plain[0]}: not a CT image and no RescaleSlope/RescaleIntercept in {len(plain)} of "
+                           f"{len(files)} slices: stored values used as they are (not Hounsfield units)")
+    return out
+
+def _slice_gap(slices: list, files: list, assumptions: list) -> float:
+    "The slice spacing of a one-slice series, from its header (there is no second position to measure it)."
+    for key in ("SpacingBetweenSlices", "SliceThickness"):
+        v = _numbers(slices[0], key, 1, files[0])
+        if v is not None and v[0] > 0:
+            assumptions.append(f"{files[0]}: a single slice: slice spacing {v[0]:g} mm taken from its {key}")
+            return float(v[0])
+    assumptions.append(f"{files[0]}: a single slice without SpacingBetweenSlices or SliceThickness: slice spacing unknown, 0 recorded")
+    return 0.0
 
 # %% ../../nbs/02a_data_lidc.ipynb #f488b7d2
 def read_series(files_or_folder,     # a folder holding ONE series, or a list of its files
                 strict: bool = True  # raise on gaps and duplicated positions (else: warn in `.problems`)
                ) -> CTSeries:
-    "Read one DICOM series, sorted along the slice normal, in HU (float32)."
+    "Read one DICOM series, sorted along the slice normal, in HU (float32); every header field that changes a number is checked."
     if isinstance(files_or_folder, (str, Path)):
         where = Path(files_or_folder)
         if not where.exists(): raise DataError(where, "no such file or folder")
@@ -100,29 +203,27 @@ def read_series(files_or_folder,     # a folder holding ONE series, or a list of
     else:
         files = [Path(f) for f in files_or_folder]
         where = Path(os.path.commonpath([str(f.parent) for f in files])) if files else Path(".")
-    slices, pixels, used = [], [], []
+    slices, used = [], []
     for p in files:
         ds = _read_slice(p)
         if str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "")) == _DICOMDIR_SOP: continue
         if not ds.get("SeriesInstanceUID"):
             raise DataError(p, "DICOM file without SeriesInstanceUID (header cut short, or not an image slice)")
+        if "PixelData" not in ds:
+            raise DataError(p, "DICOM file without pixel data (not an image slice, or cut short before the pixels)")
         slices.append(ds); used.append(p)
     if not slices: raise DataError(where, "no DICOM slices found (empty folder?)")
     per_series = Counter(str(ds.get("SeriesInstanceUID", "")) for ds in slices)
     if len(per_series) > 1:
         listing = ", ".join(f"{uid or '<none>'} ({n} files)" for uid, n in per_series.most_common())
         raise DataError(where, f"{len(per_series)} series mixed in one folder: {listing}; separate them with find_series()")
-    for ds, p in zip(slices, used): pixels.append(_stored_pixels(ds, p))
-    shapes = {a.shape for a in pixels}
-    if len(shapes) > 1: raise DataError(where, f"slices of different sizes in one series: {sorted(shapes)}")
-    problems: list[str] = []
-    try:
-        iop = np.array([float(v) for v in slices[0].ImageOrientationPatient])
-        pos = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in slices])
-    except AttributeError as e:
-        raise DataError(where, f"slice without ImageOrientationPatient/ImagePositionPatient: cannot place it ({e})") from e
-    normal = np.cross(iop[:3], iop[3:])
-    d = pos @ normal
+    problems, assumptions = [], []
+    _odd_one([(ds.get("Rows"), ds.get("Columns")) for ds in slices], used, "size (Rows, Columns)",
+             lambda v: f"{v[0]}x{v[1]}")
+    iop, pos, ps = _geometry(slices, used)
+    rescale = _rescale(slices, used, assumptions)
+    pixels = [_stored_pixels(ds, p) for ds, p in zip(slices, used)]
+    d = pos @ np.cross(iop[:3], iop[3:])
     order = np.argsort(d, kind="stable")
     d_sorted = d[order]
     steps = np.diff(d_sorted)
@@ -141,21 +242,21 @@ def read_series(files_or_folder,     # a folder holding ONE series, or a list of
                    f"{d_sorted[i + 1]:.2f} mm (slice spacing {dz:.2f} mm, about {round(steps[i] / dz) - 1} slices missing)")
             if strict: raise DataError(where, msg)
             problems.append(msg)
-    else:
-        dz = float(slices[0].get("SpacingBetweenSlices", slices[0].get("SliceThickness", 0)) or 0)
-        problems.append(f"a single slice: slice spacing {dz} mm taken from the header")
+    else: dz = _slice_gap(slices, used, assumptions)
     hu = np.empty((len(order),) + pixels[0].shape, np.float32)
     for i, j in enumerate(order):
-        ds = slices[j]
-        slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
-        out = hu[i]; out[...] = pixels[j]
+        (slope, intercept), out = rescale[j], hu[i]
+        out[...] = pixels[j]
         if slope != 1: out *= slope
         if intercept: out += intercept
-    ps = [float(v) for v in slices[0].get("PixelSpacing", [1, 1])]
+    no_uid = [used[j] for j in order if not slices[j].get("SOPInstanceUID")]
+    if no_uid: assumptions.append(f"{no_uid[0]}: no SOPInstanceUID (0008,0018) in {len(no_uid)} of {len(order)} slices "
+                                  "(Type 1 in the SOP Common module, PS3.3 C.12.1): the readers' ROIs are placed on those "
+                                  "slices by z position only")
     return CTSeries(series_uid=next(iter(per_series)), patient_id=str(slices[0].get("PatientID", "")), hu=hu,
-                    spacing=(dz, ps[0], ps[1]), z_positions=pos[order, 2].copy(),
-                    sop_uids=np.array([str(slices[j].SOPInstanceUID) for j in order]),
-                    files=[used[j] for j in order], problems=problems)
+                    spacing=(dz, float(ps[0]), float(ps[1])), z_positions=pos[order, 2].copy(),
+                    sop_uids=np.array([str(slices[j].get("SOPInstanceUID", "")) for j in order]),
+                    files=[used[j] for j in order], problems=problems, assumptions=assumptions)
 
 # %% ../../nbs/02a_data_lidc.ipynb #38f091f3
 @dataclass
@@ -197,6 +298,7 @@ class LidcAnnotation:
     version: str | None
     readers: list
     message: str = ""      # why nothing was read, for X-ray reads
+    problems: list = field(default_factory=list)  # warnings, each naming the file, the reader and the nodule
 
 # %% ../../nbs/02a_data_lidc.ipynb #37eac79c
 def _local(tag) -> str: return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
@@ -207,33 +309,82 @@ def _text(e, name: str, default=None):
     k = _kid(e, name)
     return k.text.strip() if k is not None and k.text and k.text.strip() else default
 
-def _points(elems) -> np.ndarray:
-    return np.array([[int(round(float(_text(m, "xCoord")))), int(round(float(_text(m, "yCoord"))))] for m in elems],
-                    dtype=np.int32).reshape(-1, 2)
+# The LIDC rating scales (Armato et al. 2011, Table 2; pylidc's Annotation): anything else is not a rating.
+CHARACTERISTIC_RANGES = dict(subtlety=(1, 5), internalStructure=(1, 4), calcification=(1, 6), sphericity=(1, 5),
+                             margin=(1, 5), lobulation=(1, 5), spiculation=(1, 5), texture=(1, 5), malignancy=(1, 5))
+MAX_PIXEL = 65535   # Rows and Columns are 16-bit (US): no pixel coordinate can exceed it
+MAX_Z_MM = 100_000  # 100 m from the scanner's origin: not a position in a patient
 
-def _roi(e) -> Roi:
-    z = _text(e, "imageZposition")
-    return Roi(float(z) if z is not None else None, _text(e, "imageSOP_UID"),
-               (_text(e, "inclusion", "TRUE") or "TRUE").upper() == "TRUE", _points(_kids(e, "edgeMap")))
+def _number(e, name: str, path: Path, where: str, limit: float) -> float | None:
+    "The finite number in child `name` of `e` (None when absent); DataError naming `where` otherwise."
+    t = _text(e, name)
+    if t is None: return None
+    try: v = float(t)
+    except ValueError: raise DataError(path, f"{where}: <{name}> {t!r} is not a number") from None
+    if not math.isfinite(v): raise DataError(path, f"{where}: <{name}> {t!r} is not a finite number")
+    if abs(v) > limit: raise DataError(path, f"{where}: <{name}> {t} is absurd (beyond {limit:g})")
+    return v
 
-def _reader(session, i: int) -> Reader:
+def _points(elems, path: Path, where: str) -> np.ndarray:
+    pts = []
+    for m in elems:
+        xy = [_number(m, k, path, where, MAX_PIXEL) for k in ("xCoord", "yCoord")]
+        if None in xy: raise DataError(path, f"{where}: a point without <xCoord> or <yCoord>")
+        pts.append([int(round(v)) for v in xy])
+    return np.array(pts, dtype=np.int32).reshape(-1, 2)
+
+# %% ../../nbs/02a_data_lidc.ipynb #5360c244
+def _roi(e, path: Path, where: str, problems: list) -> Roi:
+    z = _number(e, "imageZposition", path, where, MAX_Z_MM)
+    where = f"{where}, ROI at z {z:g}" if z is not None else f"{where}, ROI without imageZposition"
+    xy = _points(_kids(e, "edgeMap"), path, where)
+    if not len(xy): problems.append(f"{path}: {where}: no <edgeMap> point, the ROI is left out")
+    elif (xy < 0).any():
+        problems.append(f"{path}: {where}: {int((xy < 0).any(1).sum())} of {len(xy)} points have negative pixel "
+                        "coordinates (outside any image); the outline is clipped to the image")
+    return Roi(z, _text(e, "imageSOP_UID"), (_text(e, "inclusion", "TRUE") or "TRUE").upper() == "TRUE", xy)
+
+def _characteristics(n, path: Path, where: str, problems: list) -> dict:
+    "The ratings of one mark; one outside its LIDC scale is reported and dropped (None), never kept."
+    ch, chars = {}, _kid(n, "characteristics")
+    for c in (chars if chars is not None else []):
+        name = _local(c.tag)
+        if not (c.text and c.text.strip()): continue
+        v = _number(chars, name, path, where, 1e9)
+        lo, hi = CHARACTERISTIC_RANGES.get(name, (-math.inf, math.inf))
+        if v != int(v) or not lo <= v <= hi:
+            problems.append(f"{path}: {where}: {name} {c.text.strip()} is outside the LIDC scale {lo}-{hi}: ignored")
+            ch[name] = None
+        else: ch[name] = int(v)
+    return ch
+
+def _reader(session, i: int, path: Path, problems: list) -> Reader:
+    rid = _text(session, "servicingRadiologistID", f"reader{i + 1}")
     nodules, small = [], []
     for n in _kids(session, "unblindedReadNodule"):
-        ch = {_local(c.tag): int(float(c.text)) for c in (_kid(n, "characteristics") or []) if c.text and c.text.strip()}
-        mark = ReaderNodule(_text(n, "noduleID", f"nodule{len(nodules) + len(small) + 1}"), ch, ch.get("malignancy"),
-                            [_roi(r) for r in _kids(n, "roi")])
-        (nodules if ch else small).append(mark)
-    non = [NonNodule(_text(n, "nonNoduleID", ""), float(_text(n, "imageZposition")) if _text(n, "imageZposition") else None,
-                     _text(n, "imageSOP_UID"), _points(_kids(n, "locus"))) for n in _kids(session, "nonNodule")]
-    return Reader(_text(session, "servicingRadiologistID", f"reader{i + 1}"), nodules, small, non)
+        nid = _text(n, "noduleID", f"nodule{len(nodules) + len(small) + 1}")
+        where = f"reader {rid}, nodule {nid}"
+        ch = _characteristics(n, path, where, problems)
+        rois = [_roi(r, path, where, problems) for r in _kids(n, "roi")]
+        if not rois: problems.append(f"{path}: {where}: no <roi>: the mark has no outline and is left out")
+        (nodules if ch else small).append(ReaderNodule(nid, ch, ch.get("malignancy"), rois))
+    non = []
+    for n in _kids(session, "nonNodule"):
+        where = f"reader {rid}, non-nodule {_text(n, 'nonNoduleID', '?')}"
+        non.append(NonNodule(_text(n, "nonNoduleID", ""), _number(n, "imageZposition", path, where, MAX_Z_MM),
+                             _text(n, "imageSOP_UID"), _points(_kids(n, "locus"), path, where)))
+    return Reader(rid, nodules, small, non)
 
+# %% ../../nbs/02a_data_lidc.ipynb #7dd09054
 def parse_lidc_xml(path: str | Path  # a LIDC-IDRI annotation file
                   ) -> LidcAnnotation:
     "Parse one LIDC XML file (versions 1.7-1.8.1); chest X-ray reads come back with `kind='xray'` and no readers."
     path = Path(path)
+    if path.is_dir(): raise DataError(path, "is a folder, not an XML file (give one LIDC XML file; `medcnn-data lidc` scans folders)")
     if not path.is_file(): raise DataError(path, "no such XML file")
     try: root = ET.parse(path).getroot()
     except ET.ParseError as e: raise DataError(path, f"not well-formed XML ({e})") from e
+    except OSError as e: raise DataError(path, f"cannot be read ({e.strerror or e})") from None
     kind = {"LidcReadMessage": "ct", "IdriReadMessage": "xray"}.get(_local(root.tag))
     if kind is None:
         raise DataError(path, f"not a LIDC annotation file: root element <{_local(root.tag)}>, expected "
@@ -243,13 +394,35 @@ def parse_lidc_xml(path: str | Path  # a LIDC-IDRI annotation file
     if kind == "xray":
         return LidcAnnotation(path, _text(header, "CXRSeriesInstanceUid") or _text(header, "SeriesInstanceUID"), kind,
                               version, [], "chest X-ray read (IdriReadMessage): not a CT annotation, skipped")
-    try: readers = [_reader(s, i) for i, s in enumerate(_kids(root, "readingSession"))]
-    except (TypeError, ValueError) as e: raise DataError(path, f"malformed LIDC XML: a number could not be read ({e})") from e
+    series_uid = _text(header, "SeriesInstanceUid")
+    if series_uid is None:
+        raise DataError(path, "no <ResponseHeader><SeriesInstanceUid>: cannot tell which CT series these reads annotate")
+    sessions = _kids(root, "readingSession")
+    if not sessions:
+        raise DataError(path, "no <readingSession>: the file holds no reader's annotation (cut short?), so a scan "
+                              "with it would count as nodule-free")
+    problems: list[str] = []
+    readers = [_reader(s, i, path, problems) for i, s in enumerate(sessions)]
     seen = Counter()
     for r in readers:  # anonymised files may repeat an id; keep readers distinct
         seen[r.id] += 1
         if seen[r.id] > 1: r.id = f"{r.id}#{seen[r.id]}"
-    return LidcAnnotation(path, _text(header, "SeriesInstanceUid"), kind, version, readers)
+    return LidcAnnotation(path, series_uid, kind, version, readers, problems=problems)
+
+def rois_outside(ann: LidcAnnotation, # a parsed annotation
+                 rows: int, cols: int # the size of the series' slices
+                ) -> list[str]:
+    "A warning (file, reader, nodule, z) for each nodule ROI with points beyond the image's last row or column."
+    out = []
+    for r in ann.readers:
+        for n in r.nodules:
+            for roi in n.rois:
+                if len(roi.xy) and ((roi.xy[:, 0] >= cols) | (roi.xy[:, 1] >= rows)).any():
+                    inside = ((roi.xy >= 0) & (roi.xy < (cols, rows))).all(1).sum()
+                    out.append(f"{ann.path}: reader {r.id}, nodule {n.id}, ROI at z {roi.z}: {len(roi.xy) - inside} of "
+                               f"{len(roi.xy)} points lie outside the {rows}x{cols} image; "
+                               + ("the mark is left out" if inside == 0 else "the outline is clipped to the image"))
+    return out
 
 # %% ../../nbs/02a_data_lidc.ipynb #c9906932
 def _outline(xy: np.ndarray, shape: tuple) -> np.ndarray:
@@ -405,6 +578,7 @@ class LidcCase:
     reader_marks: int            # nodule >= 3 mm marks over all readers
     annotation: LidcAnnotation | None
     problems: list
+    assumptions: list = field(default_factory=list)  # what the DICOM headers lacked and what was assumed
 
 def _case_annotation(folder: Path, series_uid: str, problems: list) -> LidcAnnotation | None:
     chosen = None
@@ -413,7 +587,7 @@ def _case_annotation(folder: Path, series_uid: str, problems: list) -> LidcAnnot
         if ann.kind == "xray": problems.append(f"{x.name}: {ann.message}"); continue
         if ann.series_uid != series_uid:
             raise DataError(x, f"annotates series {ann.series_uid}, but the DICOM series here is {series_uid}")
-        if chosen is None: chosen = ann
+        if chosen is None: chosen = ann; problems.extend(ann.problems)
         else: problems.append(f"{x.name}: a second XML for this series, ignored (using {chosen.path.name})")
     if chosen is None: problems.append("no LIDC XML for this series: no annotations")
     return chosen
@@ -430,16 +604,25 @@ def load_lidc_case(series_dir: str | Path,    # a folder with one CT series and 
     problems = list(series.problems)
     ann = _case_annotation(folder if folder.is_dir() else folder.parent, series.series_uid, problems)
     shape = series.hu.shape
+    if ann: problems.extend(rois_outside(ann, *shape[1:]))
     marks, unmatched, n_rois, mal = [], [], 0, []
     for reader in (ann.readers if ann else []):
         for nod in reader.nodules:
-            n_rois += len(nod.rois)
+            n_rois += len(nod.rois); before = len(unmatched)
             m = reader_mask(nod, shape, series.sop_uids, series.z_positions, series.spacing[0], unmatched)
+            if len(unmatched) > before:  # say whose ROIs were lost, never just how many
+                zs = ", ".join(f"{r.z:g}" if r.z is not None else "?" for r in unmatched[before:])
+                problems.append(f"{ann.path}: reader {reader.id}, nodule {nod.id}: {len(unmatched) - before} of "
+                                f"{len(nod.rois)} ROIs (z {zs}) match no slice and are left out")
             if m is not None and m.voxels: marks.append((reader.id, m)); mal.append(nod.malignancy)
+            elif nod.rois: problems.append(f"{ann.path}: reader {reader.id}, nodule {nod.id}: no voxel of the mark lies "
+                                           "in this series, the mark is left out")
     if ann and n_rois and len(unmatched) == n_rois:
         raise DataError(ann.path, f"none of its {n_rois} nodule ROIs matches a slice of series {series.series_uid} "
                                   "(by SOP UID or z position)")
-    if unmatched: problems.append(f"{len(unmatched)} of {n_rois} nodule ROIs match no slice and were left out")
+    if ann and n_rois and not marks:
+        raise DataError(ann.path, f"none of its {n_rois} nodule ROIs gives a mark inside this {shape[1]}x{shape[2]} "
+                                  "series (outside the image?)")
     nodules = []
     for g in group_marks(marks, series.spacing, tol_mm):
         per_reader: dict[str, list] = {}
@@ -460,7 +643,7 @@ def load_lidc_case(series_dir: str | Path,    # a folder with one CT series and 
     return LidcCase(case_id=series.patient_id or _patient_folder(folder), series_uid=series.series_uid, path=folder,
                     hu=series.hu, spacing=series.spacing, z_positions=series.z_positions, sop_uids=series.sop_uids,
                     nodules=nodules, consensus_mask=cmask, slice_labels=cmask.any((1, 2)), reader_marks=len(marks),
-                    annotation=ann, problems=problems)
+                    annotation=ann, problems=problems, assumptions=list(series.assumptions))
 
 def _patient_folder(folder: Path) -> str:
     "TCIA layout: <patient>/<study>/<series>."
@@ -468,7 +651,7 @@ def _patient_folder(folder: Path) -> str:
 
 # %% ../../nbs/02a_data_lidc.ipynb #589cecc2
 def find_lidc_cases(root: str | Path) -> list[Path]:
-    "The folders under `root` (any depth, `root` included) that hold DICOM slices."
+    "The folders under `root` (any depth, `root` included, linked folders followed) that hold DICOM slices."
     root = Path(root)
     if not root.is_dir(): raise DataError(root, "not a folder")
     return sorted({p.parent for p in _dicom_files(root)})
@@ -476,7 +659,7 @@ def find_lidc_cases(root: str | Path) -> list[Path]:
 def scan_lidc(root: str | Path,           # a LIDC-IDRI download (or phantoms) of any depth
               consensus: float = 0.5      # agreement level for the consensus nodules
              ) -> list[dict]:
-    "One summary per case; failed cases have `ok=False` and the reason in `problems`."
+    "One summary per case; failed cases have `ok=False` and the reason in `problems`, assumed values in `assumptions`."
     root = Path(root)
     cases = find_lidc_cases(root)
     if not cases: raise DataError(root, "no DICOM series found (empty folder?)")
@@ -484,12 +667,15 @@ def scan_lidc(root: str | Path,           # a LIDC-IDRI download (or phantoms) o
     for folder in cases:
         rel = folder.relative_to(root).parts
         row = {"case_id": rel[0] if rel else folder.name, "path": str(folder), "ok": False, "slices": None,
-               "spacing": None, "nodules": None, "consensus_nodules": None, "problems": []}
+               "spacing": None, "nodules": None, "consensus_nodules": None, "problems": [], "assumptions": []}
         try:
             c = load_lidc_case(folder, consensus=consensus)
             row.update(case_id=c.case_id, ok=True, slices=int(c.hu.shape[0]), spacing=[round(float(v), 4) for v in c.spacing],
-                       nodules=c.reader_marks, consensus_nodules=len(c.nodules), problems=list(c.problems))
+                       nodules=c.reader_marks, consensus_nodules=len(c.nodules), problems=list(c.problems),
+                       assumptions=list(c.assumptions))
         except DataError as e: row["problems"].append(str(e))
-        except Exception as e: row["problems"].append(f"{folder}: unexpected {type(e).__name__}: {e}")
+        except Exception as e:  # a reader bug must not hide the other cases; say so in words
+            row["problems"].append(f"{folder}: this case could not be read ({e or type(e).__name__}); the reader did not "
+                                   "expect it, which is a bug in medcnn_nb: please report it")
         out.append(row)
     return out
