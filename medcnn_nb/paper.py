@@ -19,7 +19,7 @@ from .config import (Config, OutputLayout, add_config_args, config_from_args, en
 
 # %% auto #0
 __all__ = ['experiments_dir', 'phantom_settings', 'ensure_phantoms', 'run_notebook', 'run_jobs', 'plan', 'FoldProgress',
-           'prepare_outputs', 'write_manifest', 'print_products', 'main']
+           'prepare_outputs', 'check_data', 'write_manifest', 'print_products', 'main']
 
 # %% ../nbs/06b_paper.ipynb #46f4ed73
 def experiments_dir() -> Path:
@@ -179,14 +179,37 @@ def prepare_outputs(cfg: Config, out: str | Path, resume: bool) -> OutputLayout:
             print(f"earlier results moved to {aside} (pass --resume to continue them instead)")
     return layout.make()
 
+# %% ../nbs/06b_paper.ipynb #2eb8b784
+def check_data(data_dirs: dict,       # dataset -> data folder
+               cfg: Config,           # the run's configuration (consensus level)
+               strict: bool = False   # any skipped case is an error
+              ) -> dict:
+    "Load every case of every dataset once, before any training; print who is used and who is skipped (file, cause)."
+    from medcnn_nb.data.cli import validate_dataset, validation_summary
+    from medcnn_nb.data.core import DataError
+    checks = {}
+    for dataset, folder in data_dirs.items():
+        try: checks[dataset] = validate_dataset(dataset, folder, consensus=cfg.consensus)
+        except DataError as e:  # the folder itself is unusable (empty, no case in the naming)
+            checks[dataset] = dict(dataset=dataset, folder=str(folder), loaded=[],
+                                   skipped=[dict(case_id="(whole folder)", path=str(folder), cause=str(e))])
+    print(validation_summary(list(checks.values())), flush=True)
+    empty = [d for d, c in checks.items() if not c["loaded"]]
+    if empty: raise ValueError(f"no usable case in the {' and '.join(empty)} data: nothing to train on (see the data check above)")
+    skipped = sum(len(c["skipped"]) for c in checks.values())
+    if strict and skipped: raise ValueError(f"--strict: {skipped} case(s) would be skipped (see the data check above); "
+                                            "fix or remove them, or run without --strict to skip them")
+    return checks
+
 # %% ../nbs/06b_paper.ipynb #c6a1e96c
-def write_manifest(layout: OutputLayout, cfg: Config, data_dirs: dict, timings: dict, started: float) -> Path:
+def write_manifest(layout: OutputLayout, cfg: Config, data_dirs: dict, timings: dict, started: float,
+                   checks: dict | None = None) -> Path:
     "Write outputs/<profile>/manifest.json."
     from medcnn_nb.data.core import data_fingerprint
     return write_json(layout.root / "manifest.json", dict(
         config=cfg.to_dict(), seed=cfg.seed, versions=versions(), git_commit=git_commit(experiments_dir()),
         data={d: dict(folder=str(p), fingerprint=data_fingerprint(p)) for d, p in data_dirs.items()},
-        hardware=env_report(), timings_s=timings, wall_s=round(time.perf_counter() - started, 1),
+        data_check=checks, hardware=env_report(), timings_s=timings, wall_s=round(time.perf_counter() - started, 1),
         finished=time.strftime("%Y-%m-%d %H:%M:%S")))
 
 def print_products(layout: OutputLayout) -> list[str]:
@@ -210,6 +233,7 @@ def main(argv=None) -> int:
     p.add_argument("--phantoms", type=Path, help="where phantoms are generated (default: data/phantoms beside --out)")
     p.add_argument("--resume", action="store_true", help="continue the runs in the output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--strict", action="store_true", help="stop before training when any case would be skipped")
     p.add_argument("--jobs", type=int, default=None,
                    help="experiment notebooks run at the same time (default: 2 on a CPU with 2+ cores for the smoke "
                         "and teaching profiles, 1 for paper, whose jobs each want the whole GPU)")
@@ -233,7 +257,10 @@ def main(argv=None) -> int:
             data_dirs[dataset] = ensure_phantoms(dataset, cfg, phantoms)
             timings[f"phantoms_{dataset}"] = round(time.perf_counter() - t0, 1)
         else: data_dirs[dataset] = given.resolve()
-    write_manifest(layout, cfg, data_dirs, timings, started)  # early, so --resume can check the config
+    try: checks = check_data(data_dirs, cfg, args.strict)  # every case once, before any training
+    except ValueError as e:
+        print(f"medcnn-paper: {e}", file=sys.stderr); return 2
+    write_manifest(layout, cfg, data_dirs, timings, started, checks)  # early, so --resume can check the config
     jobs = plan(cfg, data_dirs, args.out)
     workers = args.jobs or (min(2, os.cpu_count() or 1) if cfg.profile != "paper" else 1)
     training = [j for j in jobs if j["variant"] is not None]
@@ -243,10 +270,10 @@ def main(argv=None) -> int:
         if not failed: failed = run_jobs([j for j in jobs if j["variant"] is None], 1, timings)
     if failed:
         for name, error in failed: print(f"medcnn-paper: {name}: {error}", file=sys.stderr)
-        write_manifest(layout, cfg, data_dirs, timings, started)
+        write_manifest(layout, cfg, data_dirs, timings, started, checks)
         print("finished folds are kept; rerun with --resume to continue", file=sys.stderr)
         return 1
-    write_manifest(layout, cfg, data_dirs, timings, started)
+    write_manifest(layout, cfg, data_dirs, timings, started, checks)
     print(f"\ndone in {time.perf_counter() - started:.0f} s; tables and figures:")
     print_products(layout)
     print(f"executed notebooks: {layout.notebooks}\nmanifest: {layout.root / 'manifest.json'}")

@@ -167,7 +167,7 @@ def map_labels(stored: np.ndarray, # the label map as stored on disk
                 f"{LABEL_RELEASES['2023' if year == 2023 else '2017']} convention of the BraTS {year} naming")
         integral = {int(v) for v in values if v == np.round(v)}
         hint = _label_hint(integral) if len(integral) == len(values) else "; label maps hold whole numbers"
-        raise DataError(path, f"unknown label values {unknown}: the {conv} convention has labels {sorted(mapping)}{hint}")
+        raise DataError(path, f"unknown label values {unknown}: the {conv} has labels {sorted(mapping)}{hint}")
     lut = np.zeros(max(mapping) + 1, np.uint8)
     for k, v in mapping.items(): lut[k] = v
     return lut[stored.astype(np.intp)]

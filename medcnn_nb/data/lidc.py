@@ -98,7 +98,7 @@ def _read_slice(p: Path):
     except Exception as e: raise DataError(p, f"unreadable DICOM, truncated or corrupt ({type(e).__name__}: {e})") from e
     return ds
 
-# %% ../../nbs/02a_data_lidc.ipynb #e2521d9d
+# %% ../../nbs/02a_data_lidc.ipynb #32153ed4
 _CT_SOPS = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1")  # CT Image, Enhanced CT Image Storage
 
 def _numbers(ds, keyword: str, n: int, path: Path):
@@ -145,7 +145,7 @@ def _geometry(slices: list, files: list) -> tuple:
     iop = Counter(tuple(np.round(v, 4)) for v in iops).most_common(1)[0][0]
     r, c = np.array(iop[:3]), np.array(iop[3:])
     if abs(np.linalg.norm(r) - 1) > 0.01 or abs(np.linalg.norm(c) - 1) > 0.01 or abs(r @ c) > 0.01:
-        raise DataError(files[0], f"ImageOrientationPatient {list(iop)} is not two perpendicular unit vectors")
+        raise DataError(files[0], f"ImageOrientationPatient {[float(v) for v in iop]} is not two perpendicular unit vectors")
     pos = [_numbers(ds, "ImagePositionPatient", 3, f) for ds, f in zip(slices, files)]
     _required(pos, files, "ImagePositionPatient (0020,0032)", "Image Plane module (PS3.3 C.7.6.2)",
               "the slice cannot be placed in the stack nor matched to the readers' z positions")
@@ -157,7 +157,7 @@ def _geometry(slices: list, files: list) -> tuple:
     _odd_one(ps, files, "PixelSpacing", lambda v: f"{v.tolist()} mm")
     return np.array(iop), np.array(pos), ps[0]
 
-# %% ../../nbs/02a_data_lidc.ipynb #e3ee55f4
+# %% ../../nbs/02a_data_lidc.ipynb #97fc16ec
 def _rescale(slices: list, files: list, assumptions: list) -> list[tuple]:
     "(slope, intercept) per slice: the Modality LUT of PS3.3 C.11.1, each file checked."
     is_ct = [str(ds.get("SOPClassUID", "")) in _CT_SOPS or str(ds.get("Modality", "")).upper() == "CT" for ds in slices]
@@ -215,7 +215,9 @@ def read_series(files_or_folder,     # a folder holding ONE series, or a list of
     if not slices: raise DataError(where, "no DICOM slices found (empty folder?)")
     per_series = Counter(str(ds.get("SeriesInstanceUID", "")) for ds in slices)
     if len(per_series) > 1:
-        listing = ", ".join(f"{uid or '<none>'} ({n} files)" for uid, n in per_series.most_common())
+        first = {}
+        for ds, p in zip(slices, used): first.setdefault(str(ds.get("SeriesInstanceUID", "")), p.name)
+        listing = ", ".join(f"{uid or '<none>'} ({n} files, e.g. {first[uid]})" for uid, n in per_series.most_common())
         raise DataError(where, f"{len(per_series)} series mixed in one folder: {listing}; separate them with find_series()")
     problems, assumptions = [], []
     _odd_one([(ds.get("Rows"), ds.get("Columns")) for ds in slices], used, "size (Rows, Columns)",
@@ -239,7 +241,8 @@ def read_series(files_or_folder,     # a folder holding ONE series, or a list of
         dz = float(np.median(steps))
         for i in np.flatnonzero(steps > 1.5 * dz):
             msg = (f"missing slices: a gap of {steps[i]:.2f} mm between positions {d_sorted[i]:.2f} and "
-                   f"{d_sorted[i + 1]:.2f} mm (slice spacing {dz:.2f} mm, about {round(steps[i] / dz) - 1} slices missing)")
+                   f"{d_sorted[i + 1]:.2f} mm ({used[order[i]].name} and {used[order[i + 1]].name}; slice spacing "
+                   f"{dz:.2f} mm, about {round(steps[i] / dz) - 1} slices missing)")
             if strict: raise DataError(where, msg)
             problems.append(msg)
     else: dz = _slice_gap(slices, used, assumptions)
@@ -333,7 +336,7 @@ def _points(elems, path: Path, where: str) -> np.ndarray:
         pts.append([int(round(v)) for v in xy])
     return np.array(pts, dtype=np.int32).reshape(-1, 2)
 
-# %% ../../nbs/02a_data_lidc.ipynb #5360c244
+# %% ../../nbs/02a_data_lidc.ipynb #411c6abb
 def _roi(e, path: Path, where: str, problems: list) -> Roi:
     z = _number(e, "imageZposition", path, where, MAX_Z_MM)
     where = f"{where}, ROI at z {z:g}" if z is not None else f"{where}, ROI without imageZposition"
@@ -375,7 +378,7 @@ def _reader(session, i: int, path: Path, problems: list) -> Reader:
                              _text(n, "imageSOP_UID"), _points(_kids(n, "locus"), path, where)))
     return Reader(rid, nodules, small, non)
 
-# %% ../../nbs/02a_data_lidc.ipynb #7dd09054
+# %% ../../nbs/02a_data_lidc.ipynb #b1df85b0
 def parse_lidc_xml(path: str | Path  # a LIDC-IDRI annotation file
                   ) -> LidcAnnotation:
     "Parse one LIDC XML file (versions 1.7-1.8.1); chest X-ray reads come back with `kind='xray'` and no readers."
@@ -419,7 +422,7 @@ def rois_outside(ann: LidcAnnotation, # a parsed annotation
             for roi in n.rois:
                 if len(roi.xy) and ((roi.xy[:, 0] >= cols) | (roi.xy[:, 1] >= rows)).any():
                     inside = ((roi.xy >= 0) & (roi.xy < (cols, rows))).all(1).sum()
-                    out.append(f"{ann.path}: reader {r.id}, nodule {n.id}, ROI at z {roi.z}: {len(roi.xy) - inside} of "
+                    out.append(f"{ann.path}: reader {r.id}, nodule {n.id}, ROI at z {roi.z if roi.z is None else f'{roi.z:g}'}: {len(roi.xy) - inside} of "
                                f"{len(roi.xy)} points lie outside the {rows}x{cols} image; "
                                + ("the mark is left out" if inside == 0 else "the outline is clipped to the image"))
     return out
