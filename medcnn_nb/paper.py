@@ -179,7 +179,7 @@ def prepare_outputs(cfg: Config, out: str | Path, resume: bool) -> OutputLayout:
             print(f"earlier results moved to {aside} (pass --resume to continue them instead)")
     return layout.make()
 
-# %% ../nbs/06b_paper.ipynb #2eb8b784
+# %% ../nbs/06b_paper.ipynb #e2987c9b
 def check_data(data_dirs: dict,       # dataset -> data folder
                cfg: Config,           # the run's configuration (consensus level)
                strict: bool = False   # any skipped case is an error

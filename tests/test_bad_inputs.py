@@ -434,3 +434,18 @@ def test_validate_dataset_lists_loaded_and_skipped_with_causes(lidc_base, brats_
     assert checks[1]["skipped"][0]["path"] == str(nolabel) and "no segmentation file" in checks[1]["skipped"][0]["cause"]
     text = validation_summary(checks)
     assert "data check, lidc" in text and "1 skipped" in text and f"skipped LIDC-IDRI-0002: {named}" in text
+
+
+@pytest.mark.slow  # imports Keras for the environment line: ~10-60 s on a loaded 2-core machine
+def test_paper_strict_stops_before_training(lidc_base, brats_base, tmp_path, capsys):
+    from medcnn_nb.paper import main
+    lidc, brats = tmp_path / "lidc", tmp_path / "brats"
+    shutil.copytree(lidc_base, lidc); shutil.copytree(brats_base, brats)
+    named = xml(_first(r"<xCoord>\d+</xCoord>", "<xCoord>inf</xCoord>"))(find_lidc_cases(lidc)[1])
+    code = main(["--profile", "smoke", "--lidc", str(lidc), "--brats", str(brats), "--out", str(tmp_path / "out"),
+                 "--strict", "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "Traceback" not in out + err
+    assert f"skipped LIDC-IDRI-0002: {named}: reader 367265244, nodule Nodule 001" in out
+    assert "data check, brats" in out and "3 case(s) loaded, 0 skipped" in out and "--strict: 1 case(s)" in err
+    assert not list((tmp_path / "out").rglob("metrics.json")) and not list((tmp_path / "out").rglob("*.ipynb"))

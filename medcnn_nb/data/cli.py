@@ -126,7 +126,7 @@ def data_main(argv: list[str] | None = None  # command-line arguments (default: 
         print(f"{len(rows)} case(s), {failed} failed")
     return 1 if failed else 0
 
-# %% ../../nbs/02e_data_cli.ipynb #402a457c
+# %% ../../nbs/02e_data_cli.ipynb #3f59608a
 def validate_dataset(dataset: str,            # "lidc" or "brats"
                      root: str | Path,        # the dataset folder
                      consensus: float = 0.5,  # LIDC agreement level

@@ -21,7 +21,7 @@ class DataError(ValueError):
         self.path, self.problem = Path(path), problem
         super().__init__(f"{self.path}: {problem}")
 
-# %% ../../nbs/02_data_core.ipynb #009bb658
+# %% ../../nbs/02_data_core.ipynb #5b25f449
 def printable(text # anything; its str() is escaped
              ) -> str:
     "`text` on one safe line: control characters (newline, ESC, ...) and undecodable bytes escaped as `\\n`, `\\x1b`, ..."

@@ -98,7 +98,7 @@ def _read_slice(p: Path):
     except Exception as e: raise DataError(p, f"unreadable DICOM, truncated or corrupt ({type(e).__name__}: {e})") from e
     return ds
 
-# %% ../../nbs/02a_data_lidc.ipynb #32153ed4
+# %% ../../nbs/02a_data_lidc.ipynb #45cb45fd
 _CT_SOPS = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1")  # CT Image, Enhanced CT Image Storage
 
 def _numbers(ds, keyword: str, n: int, path: Path):
@@ -157,7 +157,7 @@ def _geometry(slices: list, files: list) -> tuple:
     _odd_one(ps, files, "PixelSpacing", lambda v: f"{v.tolist()} mm")
     return np.array(iop), np.array(pos), ps[0]
 
-# %% ../../nbs/02a_data_lidc.ipynb #97fc16ec
+# %% ../../nbs/02a_data_lidc.ipynb #26e9d759
 def _rescale(slices: list, files: list, assumptions: list) -> list[tuple]:
     "(slope, intercept) per slice: the Modality LUT of PS3.3 C.11.1, each file checked."
     is_ct = [str(ds.get("SOPClassUID", "")) in _CT_SOPS or str(ds.get("Modality", "")).upper() == "CT" for ds in slices]
@@ -336,7 +336,7 @@ def _points(elems, path: Path, where: str) -> np.ndarray:
         pts.append([int(round(v)) for v in xy])
     return np.array(pts, dtype=np.int32).reshape(-1, 2)
 
-# %% ../../nbs/02a_data_lidc.ipynb #411c6abb
+# %% ../../nbs/02a_data_lidc.ipynb #6b76a745
 def _roi(e, path: Path, where: str, problems: list) -> Roi:
     z = _number(e, "imageZposition", path, where, MAX_Z_MM)
     where = f"{where}, ROI at z {z:g}" if z is not None else f"{where}, ROI without imageZposition"
@@ -378,7 +378,7 @@ def _reader(session, i: int, path: Path, problems: list) -> Reader:
                              _text(n, "imageSOP_UID"), _points(_kids(n, "locus"), path, where)))
     return Reader(rid, nodules, small, non)
 
-# %% ../../nbs/02a_data_lidc.ipynb #b1df85b0
+# %% ../../nbs/02a_data_lidc.ipynb #3b0d88a1
 def parse_lidc_xml(path: str | Path  # a LIDC-IDRI annotation file
                   ) -> LidcAnnotation:
     "Parse one LIDC XML file (versions 1.7-1.8.1); chest X-ray reads come back with `kind='xray'` and no readers."
