@@ -449,3 +449,13 @@ def test_paper_strict_stops_before_training(lidc_base, brats_base, tmp_path, cap
     assert f"skipped LIDC-IDRI-0002: {named}: reader 367265244, nodule Nodule 001" in out
     assert "data check, brats" in out and "3 case(s) loaded, 0 skipped" in out and "--strict: 1 case(s)" in err
     assert not list((tmp_path / "out").rglob("metrics.json")) and not list((tmp_path / "out").rglob("*.ipynb"))
+
+
+@pytest.mark.parametrize("what", ["lidc", "brats"])
+def test_broken_link_to_a_case_is_reported(what, lidc_base, brats_base, tmp_path, capsys):
+    root = tmp_path / "data"; shutil.copytree(lidc_base if what == "lidc" else brats_base, root)
+    dangling = root / "moved-away"; dangling.symlink_to(tmp_path / "unmounted-disk" / "case", target_is_directory=True)
+    code, out, err = _run(capsys, what, root, "--json")
+    rows = json.loads(out)
+    assert code == 1 and "Traceback" not in out + err and sum(r["ok"] for r in rows) == 3
+    assert [r["problems"] for r in rows if not r["ok"]] == [[f"{dangling}: a broken link, skipped"]]

@@ -231,16 +231,17 @@ def regions(seg: np.ndarray # internal labels 0..3, any shape
     return np.stack([seg > 0, (seg == 1) | (seg == 3), seg == 3], axis=-1)
 
 # %% ../../nbs/02b_data_brats.ipynb #ade5b9cf
-def _candidate_folders(root: Path) -> list[Path]:
+def _candidate_folders(root: Path, problems: list | None = None) -> list[Path]:
     "Folders under `root` (itself included, linked folders followed) named like a BraTS case or holding NIfTI files."
     if not root.is_dir(): raise DataError(root, "not a folder")
     visited: list[Path] = []
-    walk_files(root, folders=visited)
+    walk_files(root, problems, folders=visited)
     dirs = [root, *sorted(d for d in visited if d != root)]
     named = lambda d: any(CASE_PATTERNS[y].match(d.name) for y in YEARS)
     has_nifti = lambda d: any(_nifti_stem(p.name) is not None for p in d.iterdir() if p.is_file())
     found = [d for d in dirs if named(d) or has_nifti(d)]
-    if not found: raise DataError(root, f"no BraTS case found: no .nii/.nii.gz file; {_EXPECTED}")
+    unreadable = [why for _, why in (problems or []) if "already read" not in why]  # reported by scan_brats
+    if not found and not unreadable: raise DataError(root, f"no BraTS case found: no .nii/.nii.gz file; {_EXPECTED}")
     return found
 
 def _is_brats(d: Path) -> bool:
@@ -262,8 +263,11 @@ def scan_brats(root: str | Path,         # a dataset folder, any depth
                labels: str | None = None # label convention, see `map_labels`
               ) -> list[dict]:
     "One summary per case folder: {case_id, path, ok, year, modalities, shape, labels, problems, assumptions}."
-    rows = []
-    for d in _candidate_folders(Path(root)):
+    walk: list = []
+    folders = _candidate_folders(Path(root), walk)
+    rows = [dict(case_id=p.name, path=str(p), ok=False, year=None, modalities=[], shape=None, labels=None,
+                 problems=[f"{p}: {why}"], assumptions=[]) for p, why in walk if "already read" not in why]
+    for d in folders:
         row = dict(case_id=d.name, path=str(d), ok=False, year=None, modalities=[], shape=None, labels=None, problems=[],
                    assumptions=[])
         try:

@@ -29,7 +29,7 @@ def printable(text # anything; its str() is escaped
                    for c in str(text))
 
 def walk_files(root: str | Path,        # a folder (or one file)
-               problems: list | None = None, # folders skipped (loops, unreadable) are reported here
+               problems: list | None = None, # (path, why) of what was skipped: loops, unreadable folders, broken links
                folders: list | None = None   # if given, every folder read is appended here
               ) -> list[Path]:
     "Every file under `root`, sorted; symbolic links to folders are followed, each real folder once (loop-safe)."
@@ -41,19 +41,19 @@ def walk_files(root: str | Path,        # a folder (or one file)
         try:
             st = d.stat()
             if (st.st_dev, st.st_ino) in seen:  # a link back up the tree, or a second link to one folder
-                if problems is not None: problems.append(f"{d}: a link to a folder already read, skipped")
+                if problems is not None: problems.append((d, "a link to a folder already read, skipped"))
                 continue
             seen.add((st.st_dev, st.st_ino))
             entries = sorted(os.scandir(d), key=lambda e: e.name, reverse=True)  # popped in name order
             if folders is not None: folders.append(d)
         except OSError as e:
-            if problems is not None: problems.append(f"{d}: cannot be read ({e.strerror or e})")
+            if problems is not None: problems.append((d, f"cannot be read ({e.strerror or e})"))
             continue
         for e in entries:
             try:
                 if e.is_dir(): todo.append(Path(e.path))  # follows symbolic links
                 elif e.is_file(): files.append(Path(e.path))
-                elif e.is_symlink() and problems is not None: problems.append(f"{e.path}: a broken link, skipped")
+                elif e.is_symlink() and problems is not None: problems.append((Path(e.path), "a broken link, skipped"))
             except OSError: continue
     return sorted(files)
 

@@ -35,8 +35,8 @@ def _is_dicom_candidate(p: Path) -> bool:
         with open(p, "rb") as f: return f.read(132)[128:] == b"DICM"
     except OSError: return False
 
-def _dicom_files(root: Path) -> list[Path]:
-    return [p for p in walk_files(root) if _is_dicom_candidate(p)]
+def _dicom_files(root: Path, problems: list | None = None) -> list[Path]:
+    return [p for p in walk_files(root, problems) if _is_dicom_candidate(p)]
 
 _DICOMDIR_SOP = "1.2.840.10008.1.3.10"  # Media Storage Directory: an index, not an image
 
@@ -653,20 +653,28 @@ def _patient_folder(folder: Path) -> str:
     return folder.parent.parent.name if folder.parent.parent.name else folder.name
 
 # %% ../../nbs/02a_data_lidc.ipynb #589cecc2
-def find_lidc_cases(root: str | Path) -> list[Path]:
+def find_lidc_cases(root: str | Path,           # a download of any depth
+                    problems: list | None = None  # unreadable folders and broken links are reported here
+                   ) -> list[Path]:
     "The folders under `root` (any depth, `root` included, linked folders followed) that hold DICOM slices."
     root = Path(root)
     if not root.is_dir(): raise DataError(root, "not a folder")
-    return sorted({p.parent for p in _dicom_files(root)})
+    return sorted({p.parent for p in _dicom_files(root, problems)})
+
+def _unreadable_rows(problems: list, **empty) -> list[dict]:
+    "A failed row for each folder the walk could not read (a link back to a folder already read is no problem)."
+    return [dict(empty, case_id=p.name, path=str(p), ok=False, problems=[f"{p}: {why}"], assumptions=[])
+            for p, why in problems if "already read" not in why]
 
 def scan_lidc(root: str | Path,           # a LIDC-IDRI download (or phantoms) of any depth
               consensus: float = 0.5      # agreement level for the consensus nodules
              ) -> list[dict]:
     "One summary per case; failed cases have `ok=False` and the reason in `problems`, assumed values in `assumptions`."
     root = Path(root)
-    cases = find_lidc_cases(root)
-    if not cases: raise DataError(root, "no DICOM series found (empty folder?)")
-    out = []
+    walk: list[str] = []
+    cases = find_lidc_cases(root, walk)
+    out = _unreadable_rows(walk, slices=None, spacing=None, nodules=None, consensus_nodules=None)
+    if not cases and not out: raise DataError(root, "no DICOM series found (empty folder?)")
     for folder in cases:
         rel = folder.relative_to(root).parts
         row = {"case_id": rel[0] if rel else folder.name, "path": str(folder), "ok": False, "slices": None,
