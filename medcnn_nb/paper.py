@@ -257,9 +257,11 @@ def main(argv=None) -> int:
             data_dirs[dataset] = ensure_phantoms(dataset, cfg, phantoms)
             timings[f"phantoms_{dataset}"] = round(time.perf_counter() - t0, 1)
         else: data_dirs[dataset] = given.resolve()
+    t0 = time.perf_counter()
     try: checks = check_data(data_dirs, cfg, args.strict)  # every case once, before any training
     except ValueError as e:
         print(f"medcnn-paper: {e}", file=sys.stderr); return 2
+    timings["data_check"] = round(time.perf_counter() - t0, 1)
     write_manifest(layout, cfg, data_dirs, timings, started, checks)  # early, so --resume can check the config
     jobs = plan(cfg, data_dirs, args.out)
     workers = args.jobs or (min(2, os.cpu_count() or 1) if cfg.profile != "paper" else 1)
