@@ -10,9 +10,12 @@ import json
 import os
 import platform
 import random
+import re
+import secrets
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -20,8 +23,9 @@ from typing import Any
 import numpy as np
 
 # %% auto #0
-__all__ = ['PROFILES', 'Config', 'get_config', 'add_config_args', 'config_from_args', 'OutputLayout', 'atomic_write',
-           'write_json', 'seed_everything', 'devices', 'versions', 'env_report', 'git_commit', 'require']
+__all__ = ['PROFILES', 'STARTUP_NOISE', 'Config', 'get_config', 'add_config_args', 'config_from_args', 'OutputLayout',
+           'temp_name', 'atomic_write', 'write_json', 'seed_everything', 'devices', 'versions', 'env_report',
+           'NativeStderrFilter', 'git_commit', 'require']
 
 # %% ../nbs/00_config.ipynb #018e4aa7
 @dataclass(frozen=True)
@@ -167,13 +171,21 @@ class OutputLayout:
         return self
 
 # %% ../nbs/00_config.ipynb #b92af2c0
+def temp_name(path: str | Path # the file (or folder) about to be written
+             ) -> Path:
+    "A unique hidden name beside `path` for writing before an atomic rename (same folder: same file system)."
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
 def atomic_write(path: str | Path, # the file to (over)write
                  data: bytes | str # its whole new content
                 ) -> Path:
     "Write `data` to `path` so that readers see either the old or the new file, never a partial one."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = temp_name(path)
+    # os.open with 0o666 lets the umask decide (0644 under umask 022); mkstemp's 0600 would hide outputs from colleagues
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
@@ -239,6 +251,50 @@ def env_report() -> str:
     pkgs = " ".join(f"{k} {v[k]}" for k in ("tensorflow", "jax", "torch", "numpy") if k in v)
     return (f"Keras {v.get('keras', '?')} on {keras.backend.backend()} | devices: {', '.join(devices())} | "
             f"{pkgs} | python {v['python']} | {platform.machine()}, {os.cpu_count()} CPU cores")
+
+# %% ../nbs/00_config.ipynb #e471481a
+# absl's pre-init warning, glog-style INFO/WARNING lines ("I0000 00:00:17.. 123 file.cc:31] ..."), the
+# CUDA/cuDNN errors of a machine without a GPU driver, the CPU-instruction notice's second line, and
+# ipykernel's notice that a local kernel talks to papermill over TCP (loopback) without encryption.
+STARTUP_NOISE = re.compile(
+    r"^(?:WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w.]+:\d+\] .*"
+    r"|E\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w.]+:\d+\] .*(?:cuInit|CUDA|cuda|cuDNN|cuFFT|cuBLAS|Unable to register).*"
+    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\."
+    r"|\[IPKernelApp\] WARNING \| Kernel is running over TCP without encryption\..*)$")
+
+class NativeStderrFilter:
+    "Context manager: file descriptor 2 (and so every child process's) goes through a thread dropping `pattern` lines."
+    def __init__(self, pattern=STARTUP_NOISE, enabled: bool = True):
+        self.pattern, self.enabled = pattern, enabled and os.name == "posix"
+    def __enter__(self):
+        if not self.enabled: return self
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported here or in a child
+        sys.stderr.flush()
+        self._saved, (r, w) = os.dup(2), os.pipe()
+        os.dup2(w, 2); os.close(w)
+        self._thread = threading.Thread(target=self._pump, args=(r, os.dup(self._saved)), daemon=True)
+        self._thread.start()
+        return self
+    def _pump(self, r: int, out: int):
+        import select
+        pending = b""
+        while True:
+            ready = select.select([r], [], [], 0.2)[0]
+            chunk = os.read(r, 65536) if ready else None
+            if chunk == b"": break                       # every writer (we and our children) closed it
+            if chunk: pending += chunk
+            *lines, pending = re.split(rb"(?<=[\n\r])", pending)
+            if chunk is None and pending: lines, pending = lines + [pending], b""  # a progress bar's partial line
+            keep = b"".join(l for l in lines if not self.pattern.match(l.rstrip(b"\r\n").decode("utf-8", "replace")))
+            if keep: os.write(out, keep)
+        if pending: os.write(out, pending)
+        os.close(r); os.close(out)
+    def __exit__(self, *exc):
+        if not self.enabled: return
+        sys.stderr.flush()
+        os.dup2(self._saved, 2); os.close(self._saved)   # our write end is gone; children may still hold theirs
+        self._thread.join(timeout=5)
 
 # %% ../nbs/00_config.ipynb #dcec73a0
 def git_commit(path: str | Path = ".") -> str | None:

@@ -14,12 +14,12 @@ import threading
 import time
 from pathlib import Path
 
-from .config import (Config, OutputLayout, add_config_args, config_from_args, env_report, git_commit,
-                              versions, write_json)
+from .config import (Config, NativeStderrFilter, OutputLayout, add_config_args, config_from_args, env_report,
+                              git_commit, versions, write_json)
 
 # %% auto #0
 __all__ = ['experiments_dir', 'phantom_settings', 'ensure_phantoms', 'run_notebook', 'run_jobs', 'plan', 'FoldProgress',
-           'prepare_outputs', 'check_data', 'write_manifest', 'print_products', 'main']
+           'prepare_outputs', 'check_data', 'write_manifest', 'print_products', 'png_note', 'main', 'run']
 
 # %% ../nbs/06b_paper.ipynb #46f4ed73
 def experiments_dir() -> Path:
@@ -222,6 +222,16 @@ def print_products(layout: OutputLayout) -> list[str]:
     print("\n".join(lines))
     return lines
 
+def png_note(layout: OutputLayout) -> str | None:
+    "One line when figures have no PNG (no browser for kaleido, or it failed): why, and how to get them."
+    from medcnn_nb.report import NO_BROWSER, chrome_path
+    figures = json.loads((layout.root / "products.json").read_text()).get("figures", {})
+    missing = [name for name, files in figures.items() if not any(str(f).endswith(".png") for f in files)]
+    if not missing: return None
+    browser = chrome_path()
+    return NO_BROWSER if browser is None else (f"PNG skipped for {len(missing)} figure(s): kaleido could not use the "
+                                               f"browser {browser}; see the executed notebooks in {layout.notebooks}")
+
 # %% ../nbs/06b_paper.ipynb #65b3458a
 def main(argv=None) -> int:
     "Entry point of `medcnn-paper`: run every experiment, then the aggregation; print the products."
@@ -234,11 +244,19 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true", help="continue the runs in the output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--strict", action="store_true", help="stop before training when any case would be skipped")
+    p.add_argument("--verbose", action="store_true", help="also show TensorFlow's C++ start-up log lines")
     p.add_argument("--jobs", type=int, default=None,
                    help="experiment notebooks run at the same time (default: 2 on a CPU with 2+ cores for the smoke "
                         "and teaching profiles, 1 for paper, whose jobs each want the whole GPU)")
     add_config_args(p)
     args = p.parse_args(argv)
+    if args.verbose: os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # before TensorFlow is imported here or in a kernel
+    with NativeStderrFilter(enabled=not args.verbose):       # kernels and workers inherit the filtered stderr
+        return run(args)
+
+def run(args: argparse.Namespace # `medcnn-paper`'s parsed arguments
+       ) -> int:
+    "The body of `medcnn-paper`: phantoms, the data check, the papermill jobs, the aggregation, the products."
     started = time.perf_counter()
     try:
         cfg = config_from_args(args)
@@ -278,5 +296,6 @@ def main(argv=None) -> int:
     write_manifest(layout, cfg, data_dirs, timings, started, checks)
     print(f"\ndone in {time.perf_counter() - started:.0f} s; tables and figures:")
     print_products(layout)
+    if note := png_note(layout): print(note)
     print(f"executed notebooks: {layout.notebooks}\nmanifest: {layout.root / 'manifest.json'}")
     return 0

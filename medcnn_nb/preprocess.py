@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from .config import Config, OutputLayout, write_json
+from .config import Config, OutputLayout, temp_name, write_json
 from .data.core import DataError, data_fingerprint
 
 # %% auto #0
@@ -321,7 +321,7 @@ def load_slices(dataset: str,               # "lidc" or "brats"
     final = cache_dir / f"{dataset}-{key}"
     if _complete(final, key): return open_cache(final)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{final.name}.", suffix=".tmp"))
+    tmp = temp_name(final); tmp.mkdir()  # mode 0777 minus the umask (mkdtemp would give 0700)
     try:
         t0 = time.perf_counter()
         meta = _build_cache(dataset, data_dir, params, tmp, progress)

@@ -18,10 +18,10 @@ import pandas as pd
 from .config import atomic_write
 
 # %% auto #0
-__all__ = ['PAPER_CLAIMS', 'TABLE_ROWS', 'TABLE_CAPTIONS', 'VARIANT_COLUMNS', 'ABLATION_KEYS', 'Row', 'summarise', 'verdict',
-           'load_fold_metrics', 'results_table', 'display_table', 'markdown_table', 'count_rows', 'write_table',
-           'ablation_table', 'display_ablation', 'chrome_path', 'save_figure', 'figure3', 'pipeline_figure',
-           'overlay_figure']
+__all__ = ['PAPER_CLAIMS', 'TABLE_ROWS', 'TABLE_CAPTIONS', 'VARIANT_COLUMNS', 'ABLATION_KEYS', 'NO_BROWSER', 'PLOTLY_JS', 'Row',
+           'summarise', 'verdict', 'load_fold_metrics', 'results_table', 'display_table', 'markdown_table',
+           'count_rows', 'write_table', 'ablation_table', 'display_ablation', 'chrome_path', 'write_plotly_js',
+           'figure_html', 'save_figure', 'figure3', 'pipeline_figure', 'overlay_figure']
 
 # %% ../nbs/06a_report.ipynb #811a74a9
 PAPER_CLAIMS: dict[str, dict[str, dict[str, float]]] = {
@@ -226,8 +226,8 @@ def display_ablation(table: pd.DataFrame) -> pd.DataFrame:
 
 # %% ../nbs/06a_report.ipynb #e04c32fc
 _KALEIDO = {"started": False, "failed": None}
-_NO_CHROME = ("PNG export skipped: kaleido found no usable Chrome/Chromium (install chromium, or set "
-              "BROWSER_PATH); the HTML figures are written.")
+NO_BROWSER = ("PNG skipped: kaleido found no Chrome/Chromium (Debian/Ubuntu: `apt-get install chromium`, or set "
+              "BROWSER_PATH); the HTML figures are written and open offline.")
 
 def chrome_path() -> str | None:
     "The Chrome/Chromium kaleido would drive (BROWSER_PATH, PATH, typical places), or None."
@@ -241,7 +241,7 @@ def _png_bytes(fig, width: int, height: int) -> bytes | None:
     "PNG bytes of `fig`, or None (after one printed line) when no Chrome/Chromium can be used."
     if _KALEIDO["failed"]: return None
     if not _KALEIDO["started"] and chrome_path() is None:
-        _KALEIDO["failed"] = "no browser"; print(_NO_CHROME); return None
+        _KALEIDO["failed"] = "no browser"; print(NO_BROWSER); return None
     try:
         import kaleido
         if not _KALEIDO["started"]:
@@ -254,8 +254,25 @@ def _png_bytes(fig, width: int, height: int) -> bytes | None:
         text = f"{type(e).__name__}: {e}"
         if "chrom" not in text.lower() and "browser" not in text.lower(): raise
         _KALEIDO["failed"] = text
-        print(_NO_CHROME)
+        print(NO_BROWSER)
         return None
+
+
+# %% ../nbs/06a_report.ipynb #c0c92e93
+PLOTLY_JS = "plotly.min.js"
+
+def write_plotly_js(folder: str | Path # where the HTML figures (or the book's assets) are
+                   ) -> Path:
+    "Write the installed plotly's plotly.js into `folder` once (again only when it differs); return its path."
+    from plotly.offline import get_plotlyjs
+    js, dest = get_plotlyjs(), Path(folder) / PLOTLY_JS
+    if not (dest.exists() and dest.stat().st_size == len(js.encode()) and dest.read_text(encoding="utf-8") == js):
+        atomic_write(dest, js)
+    return dest
+
+def figure_html(fig) -> str:
+    "A whole HTML page for `fig` that loads plotly.js from `plotly.min.js` in its own folder: no network needed."
+    return fig.to_html(include_plotlyjs="directory", full_html=True)
 
 def save_figure(fig,                    # a plotly figure
                 out_dir: str | Path,    # outputs/<profile>/figures
@@ -263,9 +280,10 @@ def save_figure(fig,                    # a plotly figure
                 png: bool = True,       # also write a PNG (needs Chrome/Chromium)
                 width: int = 1000, height: int = 500 # PNG size in pixels
                ) -> dict[str, Path]:
-    "Write `<name>.html` (and `<name>.png`); return the paths written."
+    "Write `<name>.html` (with `plotly.min.js` beside it) and `<name>.png`; return the paths written."
     out_dir = Path(out_dir)
-    paths = {"html": atomic_write(out_dir / f"{name}.html", fig.to_html(include_plotlyjs="cdn", full_html=True))}
+    write_plotly_js(out_dir)
+    paths = {"html": atomic_write(out_dir / f"{name}.html", figure_html(fig))}
     if png and (data := _png_bytes(fig, width, height)) is not None:
         paths["png"] = atomic_write(out_dir / f"{name}.png", data)
     return paths

@@ -41,12 +41,12 @@ def volumes(shape=(8, 7, 5), seed=0):
 # ---------------------------------------------------------------- real BraTS samples
 
 @pytest.fixture(scope="module")
-def real_gli(real_data):
-    return load_brats_case(real_data / "brats" / "BraTS-GLI-00001-000")
+def real_gli(real_brats):
+    return load_brats_case(real_brats / "BraTS-GLI-00001-000")
 
 
-def test_real_2023_case_loads(real_gli, real_data):
-    folder = real_data / "brats" / "BraTS-GLI-00001-000"
+def test_real_2023_case_loads(real_gli, real_brats):
+    folder = real_brats / "BraTS-GLI-00001-000"
     assert (real_gli.case_id, real_gli.year, real_gli.seg) == ("BraTS-GLI-00001-000", 2023, None)
     assert real_gli.image.shape == (240, 240, 155, 4) and real_gli.image.dtype == np.float32
     assert nib.aff2axcodes(real_gli.affine) == ("R", "A", "S")
@@ -63,8 +63,8 @@ def test_real_2023_case_loads(real_gli, real_data):
     assert 1_000_000 < real_gli.brain_mask.sum() < 2_000_000
 
 
-def test_real_brats18_is_not_a_brats_case(real_data):
-    folder = real_data / "brats" / "Brats18_CBICA_AOO_1"
+def test_real_brats18_is_not_a_brats_case(real_brats):
+    folder = real_brats / "Brats18_CBICA_AOO_1"
     with pytest.raises(DataError) as e:
         load_brats_case(folder)
     msg = str(e.value)
@@ -73,14 +73,14 @@ def test_real_brats18_is_not_a_brats_case(real_data):
     assert "BraTS2021_00000" in msg and "t1c" in msg        # what was expected
 
 
-def test_scan_real_folder(real_data):
-    rows = {r["case_id"]: r for r in scan_brats(real_data / "brats")}
+def test_scan_real_folder(real_brats):
+    rows = {r["case_id"]: r for r in scan_brats(real_brats)}
     assert set(rows) == {"BraTS-GLI-00001-000", "Brats18_CBICA_AOO_1"}
     ok = rows["BraTS-GLI-00001-000"]
     assert (ok["ok"], ok["year"], ok["shape"], ok["labels"], ok["modalities"]) == (True, 2023, [240, 240, 155], None, list(MODALITIES))
     bad = rows["Brats18_CBICA_AOO_1"]
     assert bad["ok"] is False and "not a BraTS case" in bad["problems"][0]
-    assert [p.name for p in find_brats_cases(real_data / "brats")] == ["BraTS-GLI-00001-000"]
+    assert [p.name for p in find_brats_cases(real_brats)] == ["BraTS-GLI-00001-000"]
     json.dumps(list(rows.values()))  # the summary is JSON-ready for `medcnn-data brats --json`
 
 

@@ -59,7 +59,7 @@ def test_data_lidc_broken_case_exit_1(lidc_dir, tmp_path, capsys):
     assert code == 1 and "empty" in err and "no DICOM series found" in err
 
 
-def test_lidc_xml_json_on_real_files(real_data, capsys):
+def test_lidc_xml_json_on_real_files(real_data, tmp_path, capsys):
     files = sorted((real_data / "lidc" / "xml").glob("*.xml")) + [real_data / "lidc" / "LIDC-IDRI-0001" / "069.xml"]
     for f in files:
         code, out, _ = _run(capsys, data_main, "lidc-xml", f, "--json")
@@ -75,7 +75,9 @@ def test_lidc_xml_json_on_real_files(real_data, capsys):
         assert all(n["characteristics"] is True and isinstance(n["malignancy"], int) for r in doc["readers"] for n in r["nodules"])
         assert sum(n["rois"] for r in doc["readers"] for n in r["nodules"]) + sum(r["small_nodules"] for r in doc["readers"]) \
             <= text.count("<roi>")
-    code, out, err = _run(capsys, data_main, "lidc-xml", real_data / "brats" / "Brats18_CBICA_AOO_1" / "subject_id.txt")
+    not_xml = tmp_path / "subject_id.txt"
+    not_xml.write_text("Brats18_CBICA_AOO_1\n")  # a text file that is not XML
+    code, out, err = _run(capsys, data_main, "lidc-xml", not_xml)
     assert code == 1 and "subject_id.txt" in err
 
 
@@ -97,9 +99,9 @@ def test_brats_subcommands(tmp_path, capsys):
     assert all(set(r["labels"]) <= {0, 1, 2, 3} for r in rows)
 
 
-def test_brats_real_samples(real_data, capsys):
+def test_brats_real_samples(real_brats, capsys):
     pytest.importorskip("medcnn_nb.data.brats")
-    code, out, _ = _run(capsys, data_main, "brats", real_data / "brats", "--json")
+    code, out, _ = _run(capsys, data_main, "brats", real_brats, "--json")
     rows = {r["case_id"]: r for r in json.loads(out)}
     assert code == 1
     gli = rows["BraTS-GLI-00001-000"]

@@ -13,7 +13,6 @@ from medcnn_nb.metrics import (CPM_LEVELS, Counts, DiceMetric, accuracy, binariz
                                confusion_counts, cpm, dice, evaluate_brats, evaluate_lidc, froc, hd95, nanmean,
                                nodule_detection, per_case, sensitivity, slice_detection, specificity, surface)
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
 
 def random_masks(seed, shape=(6, 20, 20), density=0.15):
@@ -188,9 +187,8 @@ def test_hd95_empty_cases_and_shift():
     assert math.isnan(hd95(a, np.zeros_like(a))) and math.isnan(hd95(np.zeros_like(a), a))
 
 
-def test_real_whole_tumour_mask():
-    path = REAL / "brats" / "Brats18_CBICA_AOO_1" / "GT_W.nii.gz"
-    if not path.exists(): pytest.skip(f"real sample data not found at {path}")
+def test_real_whole_tumour_mask(real_brats):
+    path = real_brats / "Brats18_CBICA_AOO_1" / "GT_W.nii.gz"
     nib = pytest.importorskip("nibabel")
     img = nib.load(path)
     wt = np.asarray(img.dataobj) > 0

@@ -1,14 +1,18 @@
-"""End to end: `medcnn-paper --profile smoke` through papermill, resume after SIGKILL, determinism, PHI.
+"""End to end: `medcnn-paper --profile smoke` through papermill, resume after SIGKILL, determinism, PHI,
+PNG export without a browser, offline HTML, file modes, a quiet console.
 
 Two smoke runs are shared by all tests of this file (session-scoped fixtures):
-- `smoke_run`: an uninterrupted run;
-- `resumed_run`: the same command killed with SIGKILL in the middle of a fold, then rerun with --resume.
-Both use the same seed, the same phantoms and `--deterministic true`.
+- `smoke_run`: an uninterrupted run (PNG figures when kaleido finds a Chrome/Chromium);
+- `resumed_run`: the same command killed with SIGKILL (every process of the run) once a fold has written its
+  first checkpoint, then rerun with --resume; both with the browser hidden from kaleido, so that the
+  no-browser path runs on every machine.
+Both use the same seed, the same phantoms and `--deterministic true`, under umask 022.
 """
 import gzip
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,9 +34,25 @@ def _args(base: Path, *extra):
             "--deterministic", "true", "--quiet", *extra]
 
 
-def _env():
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
-            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+def _env(**extra):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+           **extra}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the command itself must keep TensorFlow quiet
+    return env
+
+
+# kaleido (choreographer) takes BROWSER_PATH before PATH and the usual places: a path that does not exist hides them
+NO_BROWSER = {"BROWSER_PATH": "/nonexistent/chromium"}
+
+
+def _umask022():
+    os.umask(0o022)
+
+
+def _chrome_path(env) -> str:
+    "What `medcnn_nb.report.chrome_path()` finds in a process with `env`."
+    code = "from medcnn_nb.report import chrome_path; print(chrome_path())"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
 
 
 @pytest.fixture(scope="session")
@@ -43,47 +63,108 @@ def work(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_run(work):
     base = work / "a"
-    run = subprocess.run(CMD + _args(base), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+    run = subprocess.run(CMD + _args(base), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1800,
+                         preexec_fn=_umask022)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return base / "outputs" / "smoke", run.stdout
+    return base / "outputs" / "smoke", run.stdout, run.stderr
 
 
 def _fold_dirs(root: Path):
     return sorted(p.parent for p in (root / "runs").glob("*/*/fold*/state.json"))
 
 
+def _checkpointed_fold(root: Path, max_epochs: int):
+    """A fold in the middle of its training: its checkpoint is on disk and complete (state.json, written last,
+    is the newest of the checkpoint's files), more epochs are to come, and another fold is already done."""
+    done = {p.parent for p in (root / "runs").glob("*/*/fold*/metrics.json")}
+    for d in _fold_dirs(root):
+        if not done or d in done or not (d / "last.keras").exists(): continue
+        state_time = (d / "state.json").stat().st_mtime_ns
+        if any(f.exists() and f.stat().st_mtime_ns > state_time for f in (d / "last.keras", d / "best.weights.h5")):
+            continue  # the next epoch's checkpoint is being written
+        state = json.loads((d / "state.json").read_text())
+        if 1 <= state["epochs_done"] < max_epochs and not state["stopped"]: return d
+    return None
+
+
+def _freeze(pid: int) -> list:
+    """SIGSTOP the command, its workers and the papermill kernels (which run in sessions of their own, so that
+    signalling the process group alone would miss them); return them all."""
+    import psutil
+    os.killpg(pid, signal.SIGSTOP)              # first the command and its workers: no kernel starts meanwhile
+    procs = [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
+    for p in procs:
+        try: p.send_signal(signal.SIGSTOP)
+        except psutil.NoSuchProcess: pass
+    return procs
+
+
+def _signal_all(pid: int, procs: list, sig) -> None:
+    import psutil
+    for p in procs:
+        try: p.send_signal(sig)
+        except psutil.NoSuchProcess: pass
+    try: os.killpg(pid, sig)
+    except ProcessLookupError: pass
+
+
+def _still_running(procs, limit_s: float = 120) -> list:
+    "The processes of `procs` still running after up to `limit_s` seconds (zombies are dead: they write nothing)."
+    import psutil
+    deadline = time.monotonic() + limit_s
+    while True:
+        alive = []
+        for p in procs:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE: alive.append(p)
+            except psutil.NoSuchProcess: pass
+        if not alive or time.monotonic() > deadline: return alive
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="session")
 def resumed_run(work, smoke_run):
     base = work / "b"
     root = base / "outputs" / "smoke"
-    proc = subprocess.Popen(CMD + _args(base), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # its own process group: the papermill kernel dies with it
-    killed_in = None
-    deadline = time.time() + 600
+    max_epochs = json.loads((smoke_run[0] / "manifest.json").read_text())["config"]["max_epochs"]
+    env = _env(**NO_BROWSER)
+    assert _chrome_path(env) == "None", "BROWSER_PATH did not hide the browser from kaleido"
+    log = work / "killed_run.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(CMD + _args(base), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=_umask022)
+    killed_dir, procs = None, []
+    deadline = time.monotonic() + 1800  # a generous bound: the event comes after ~a minute on a quiet 2-core CPU
     try:
-        while time.time() < deadline and proc.poll() is None:
-            done = {p.parent for p in (root / "runs").glob("*/*/fold*/metrics.json")}
-            for d in _fold_dirs(root):
-                state = json.loads((d / "state.json").read_text())
-                # the middle of a fold, once at least one other fold has finished
-                if done and d not in done and state["epochs_done"] >= 1 and not state["stopped"]:
-                    killed_in = (d, state["epochs_done"])
-                    break
-            if killed_in: break
+        while proc.poll() is None and time.monotonic() < deadline:
+            if _checkpointed_fold(root, max_epochs) is not None:
+                procs = _freeze(proc.pid)                       # nothing changes on disk from here on
+                killed_dir = _checkpointed_fold(root, max_epochs)
+                if killed_dir is not None: break
+                _signal_all(proc.pid, procs, signal.SIGCONT)    # the moment passed while freezing: go on
+                procs = []
             time.sleep(0.05)
     finally:
-        if proc.poll() is None: os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            procs = procs or _freeze(proc.pid)
+            _signal_all(proc.pid, procs, signal.SIGKILL)       # a power cut: every process of the run at once
         proc.wait()
-    assert killed_in is not None, "the run ended before a fold could be interrupted"
+    alive = _still_running(procs)
+    assert not alive, f"processes of the killed run still alive: {alive}"
+    assert killed_dir is not None, (f"no fold was caught between its first checkpoint and its end (run ended: "
+                                    f"{proc.returncode is not None}); output:\n" + log.read_text()[-3000:])
+    # what the resumed run will find: the state the kill left
+    epochs_at_kill = json.loads((killed_dir / "state.json").read_text())["epochs_done"]
     before = {p.parent: p.stat().st_mtime_ns for p in (root / "runs").glob("*/*/fold*/metrics.json")}
-    assert killed_in[0] not in before
-    run = subprocess.run(CMD + _args(base, "--resume"), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+    assert killed_dir not in before
+    run = subprocess.run(CMD + _args(base, "--resume"), cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=1800, preexec_fn=_umask022)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return root, killed_in, before
+    return root, (killed_dir, epochs_at_kill), before, run.stdout
 
 
 def test_every_table_and_figure_exists_and_parses(smoke_run):
-    root, stdout = smoke_run
+    root, stdout, _ = smoke_run
     products = json.loads((root / "products.json").read_text())
     assert set(products["tables"]) == {"table1_lidc", "table2_brats", "table3_ablation"}
     assert {"figure1_pipeline_lidc", "figure2_pipeline_brats", "figure3_results"} <= set(products["figures"])
@@ -105,7 +186,11 @@ def test_every_table_and_figure_exists_and_parses(smoke_run):
             data = Path(f).read_bytes()
             if f.endswith(".png"): assert data[:8] == b"\x89PNG\r\n\x1a\n", f
             else: assert b"plotly" in data[:200000].lower() and data.rstrip().endswith(b"</html>"), f
-    assert sum(f.endswith(".png") for fs in products["figures"].values() for f in fs) >= 5
+    pngs = sum(f.endswith(".png") for fs in products["figures"].values() for f in fs)
+    if _chrome_path(_env()) != "None":   # kaleido has a browser: every figure has its PNG
+        assert pngs == len(products["figures"]) >= 5 and "PNG skipped" not in stdout
+    else:                                # none: the run says so once, and writes the HTML only
+        assert pngs == 0 and stdout.count("PNG skipped: ") == 1
     for nb in ("lidc_unoptimised", "lidc_optimised", "brats_unoptimised", "brats_optimised", "paper"):
         executed = json.loads((root / "notebooks" / f"{nb}.ipynb").read_text())
         assert any("papermill" in str(c.get("metadata", {})) for c in executed["cells"])
@@ -115,7 +200,7 @@ def test_every_table_and_figure_exists_and_parses(smoke_run):
 
 
 def test_tables_hold_only_what_we_measured(smoke_run):
-    root, _ = smoke_run
+    root = smoke_run[0]
     from medcnn_nb.report import PAPER_CLAIMS
     t1 = pd.read_csv(root / "tables" / "table1_lidc.csv")
     for variant in ("unoptimised", "optimised"):
@@ -133,7 +218,7 @@ def test_tables_hold_only_what_we_measured(smoke_run):
 
 
 def test_fold_manifests(smoke_run):
-    root, _ = smoke_run
+    root = smoke_run[0]
     m = json.loads((root / "runs/brats/optimised/fold1/manifest.json").read_text())
     assert m["seed"] == m["config"]["seed"] + 1 and m["fold"] == 1
     assert not set(m["train_cases"]) & set(m["val_cases"]) and not set(m["monitor_cases"]) & set(m["val_cases"])
@@ -148,13 +233,14 @@ def _fold_metrics(root: Path):
 
 
 def test_resume_after_sigkill_gives_the_same_tables(smoke_run, resumed_run):
-    root_a, _ = smoke_run
-    root_b, (killed_dir, epochs_at_kill), finished_before = resumed_run
+    root_a = smoke_run[0]
+    root_b, (killed_dir, epochs_at_kill), finished_before, _ = resumed_run
     for d, mtime in finished_before.items():          # finished folds were not retrained
         assert (d / "metrics.json").stat().st_mtime_ns == mtime
     m = json.loads((killed_dir / "manifest.json").read_text())
-    # the interrupted fold continued from its checkpoint (an epoch may end between our look and the kill)
-    assert epochs_at_kill <= m["resumed_from_epoch"] <= m["config"]["max_epochs"]
+    # the interrupted fold continued from the checkpoint the kill left (it was killed with epochs still to run)
+    assert 1 <= epochs_at_kill < m["config"]["max_epochs"]
+    assert m["resumed_from_epoch"] == epochs_at_kill
     history = pd.read_csv(killed_dir / "history.csv")
     assert list(history["epoch"]) == list(range(len(history)))  # appended, no epoch twice
     for name in ("table1_lidc", "table2_brats", "table3_ablation"):
@@ -193,3 +279,79 @@ def test_no_phi_in_outputs(smoke_run, resumed_run):
     phantoms = smoke_run[0].parents[2] / "phantoms"
     planted = [p for p in phantoms.rglob("*") if p.is_file() and any(s in p.read_bytes() for s in phi)]
     assert planted
+
+
+def test_without_a_browser_the_run_says_so_once(resumed_run):
+    "The resumed run had kaleido's browser hidden: it succeeded, wrote every figure as HTML and said so once."
+    root, _, _, stdout = resumed_run
+    products = json.loads((root / "products.json").read_text())
+    assert len(products["figures"]) >= 5
+    assert all([Path(f).suffix for f in files] == [".html"] for files in products["figures"].values())
+    assert not list(root.rglob("*.png"))
+    assert stdout.count("PNG skipped: ") == 1
+    from medcnn_nb.report import NO_BROWSER
+    assert NO_BROWSER in stdout and "apt-get install chromium" in NO_BROWSER
+
+
+REMOTE_SCRIPT = re.compile(r"""<script\b[^>]*\bsrc\s*=\s*["']?\s*(?:https?:)?//""", re.I)
+
+
+def test_html_outputs_open_offline(smoke_run, resumed_run):
+    "No output page loads a script from the network; each loads plotly.js from beside it, the installed plotly's."
+    from plotly.offline import get_plotlyjs
+    pages = [p for root in (smoke_run[0], resumed_run[0]) for p in root.rglob("*.html")]
+    assert len(pages) >= 2 * 8 and any(p.parent.name == "tables" for p in pages)
+    assert REMOTE_SCRIPT.search('<script charset="utf-8" src="https://cdn.plot.ly/plotly-3.0.1.min.js">')  # the regex bites
+    assert [str(p) for p in pages if REMOTE_SCRIPT.search(p.read_text(encoding="utf-8"))] == []
+    for page in pages:
+        for src in re.findall(r"""<script\b[^>]*\bsrc\s*=\s*["']([^"']+)""", page.read_text(encoding="utf-8")):
+            assert (page.parent / src).is_file(), f"{page}: {src} is not beside it"
+    for root in (smoke_run[0], resumed_run[0]):
+        assert (root / "figures" / "plotly.min.js").read_text(encoding="utf-8") == get_plotlyjs()
+
+
+def test_outputs_are_readable_by_others(smoke_run, resumed_run):
+    "Under umask 022 every file the runs wrote is 0644 and every folder 0755, like files written with open()."
+    for root in (smoke_run[0], resumed_run[0]):
+        base = root.parents[1]  # <work>/<a|b>: outputs/ (with the slice cache) and the phantoms
+        paths = [p for p in base.rglob("*")]
+        files = [p for p in paths if p.is_file()]
+        assert len(files) > 50 and any(p.suffix == ".keras" for p in files) and any(p.suffix == ".npy" for p in files)
+        assert {str(p): oct(p.stat().st_mode & 0o777) for p in files if p.stat().st_mode & 0o777 != 0o644} == {}
+        assert {str(p): oct(p.stat().st_mode & 0o777) for p in paths if p.is_dir() and p.stat().st_mode & 0o777 != 0o755} == {}
+
+
+# absl's pre-init warning and glog-style C++ lines ("I0000 00:00:17... 123 file.cc:31] ...")
+TF_LINE = re.compile(r"^(WARNING: All log messages before absl|[IWEF]\d{4} \d\d:\d\d:[\d.]+\s+\d+ [\w.]+:\d+\])", re.M)
+
+
+def test_console_is_quiet(smoke_run):
+    "TensorFlow's C++ start-up lines never reach the console (kernels and workers included); --verbose shows them."
+    _, stdout, stderr = smoke_run
+    assert TF_LINE.findall(stdout + stderr) == []
+    assert "medcnn-paper: profile smoke" in stdout and "done in" in stdout
+    assert stderr.strip() == "", stderr[-2000:]  # --quiet: no progress bar; and nothing else either
+
+
+def test_verbose_shows_tensorflow_logs(tmp_path):
+    "The filter is what keeps the console quiet: with --verbose the same start-up lines come through."
+    run = subprocess.run(CMD + ["--profile", "smoke", "--out", str(tmp_path), "--verbose", "--lidc", str(tmp_path / "none")],
+                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 2 and "--lidc" in run.stderr  # stops at the argument check, before TensorFlow
+    code = "import sys; from medcnn_nb.config import NativeStderrFilter\n" \
+           "with NativeStderrFilter(enabled=sys.argv[1] == 'quiet'): import keras; keras.ops.zeros(1)"
+    quiet, verbose = (subprocess.run([sys.executable, "-c", code, mode], env=_env(), capture_output=True, text=True,
+                                     timeout=600) for mode in ("quiet", "verbose"))
+    assert quiet.returncode == verbose.returncode == 0
+    assert TF_LINE.findall(quiet.stderr) == [] and TF_LINE.findall(verbose.stderr) != []
+
+
+@pytest.mark.parametrize("argv", [["medcnn-phantom", "lidc", "--patients", "1", "--size", "32", "--slices", "8"],
+                                  ["medcnn-data", "lidc", "tests/data/real/lidc/LIDC-IDRI-0001"]])
+def test_data_commands_are_quiet(argv, tmp_path):
+    "The data commands never load a deep-learning framework, so nothing but their own lines reaches the console."
+    exe = Path(sys.executable).parent / argv[0]
+    extra = ["--out", str(tmp_path / "p"), "--seed", "0"] if argv[0] == "medcnn-phantom" else []
+    run = subprocess.run([str(exe), *argv[1:], *extra], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert TF_LINE.findall(run.stdout + run.stderr) == [] and run.stdout.strip()
+    assert "tensorflow" not in (run.stdout + run.stderr).lower()

@@ -13,7 +13,6 @@ from medcnn_nb.data.core import DataError
 from medcnn_nb import preprocess as pp
 from medcnn_nb.preprocess import (load_slices, normalise_mri, preprocess_ct, resize_slices, training_indices, window_ct)
 
-REAL = Path(__file__).parents[2] / "shared" / "data" / "real"
 SMOKE = get_config("smoke")
 
 
@@ -26,9 +25,8 @@ def test_window_hand_values():
     with pytest.raises(ValueError, match="lo < hi"): window_ct(np.zeros(2), (0, 0))
 
 
-def test_window_real_lidc_slice():
-    f = REAL / "lidc" / "LIDC-IDRI-0001" / "000001.dcm"
-    if not f.exists(): pytest.skip("real LIDC sample not available")
+def test_window_real_lidc_slice(real_lidc):
+    f = real_lidc / "LIDC-IDRI-0001" / "000001.dcm"
     ds = pydicom.dcmread(f)
     hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)  # by hand
     w = window_ct(hu, (-1000, 400))
@@ -47,9 +45,8 @@ def test_normalise_mri_hand_values():
     with pytest.raises(ValueError, match="empty"): normalise_mri(v, np.zeros_like(brain))
 
 
-def test_normalise_mri_real_brats():
-    f = REAL / "brats" / "BraTS-GLI-00001-000" / "BraTS-GLI-00001-000-t1c.nii.gz"
-    if not f.exists(): pytest.skip("real BraTS sample not available")
+def test_normalise_mri_real_brats(real_brats):
+    f = real_brats / "BraTS-GLI-00001-000" / "BraTS-GLI-00001-000-t1c.nii.gz"
     vol = nib.load(f).get_fdata(dtype=np.float32)
     brain = vol != 0
     out = normalise_mri(vol, brain)

@@ -292,10 +292,9 @@ def exporter(mathjax_url: str | None = None) -> HTMLExporter:
 
 def install_assets(out: Path) -> str | None:
     "Copy plotly.js into `out/assets`; link Debian's MathJax there when installed. Returns the MathJax URL."
-    import plotly
+    from medcnn_nb.report import write_plotly_js  # the one way figures get their local plotly.js
     assets = out / "assets"
-    assets.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", assets / "plotly.min.js")
+    write_plotly_js(assets)
     link = assets / "mathjax"
     if (LOCAL_MATHJAX / "MathJax.js").exists():
         if not link.exists():
@@ -367,8 +366,8 @@ def results_cells(outputs: Path, profile: str, book: Path) -> tuple[list[str], b
         shutil.copy2(p, dest / p.name)
         if p.suffix == ".html":
             page = (dest / p.name).read_text(encoding="utf-8")
-            # figures written with include_plotlyjs="cdn" get the book's local copy instead
-            page = re.sub(r'<script[^>]+src="https?://cdn\.plot\.ly/[^"]+"[^>]*>\s*</script>',
+            # figures load plotly.js from beside them (older runs: from a CDN): the book's copy instead
+            page = re.sub(r'<script[^>]+src="(?:https?://cdn\.plot\.ly/[^"]+|plotly\.min\.js)"[^>]*>\s*</script>',
                           '<script src="../assets/plotly.min.js" charset="utf-8"></script>', page)
             (dest / p.name).write_text(page, encoding="utf-8")
             cells.append(f"## Figure: {p.stem}\n\n<iframe class=\"book-figure\" src=\"results/{p.name}\" "
