@@ -313,8 +313,8 @@ def test_html_outputs_open_offline(smoke_run, resumed_run):
 def test_outputs_are_readable_by_others(smoke_run, resumed_run):
     "Under umask 022 every file the runs wrote is 0644 and every folder 0755, like files written with open()."
     for root in (smoke_run[0], resumed_run[0]):
-        base = root.parents[1]  # <work>/<a|b>: outputs/ (with the slice cache) and the phantoms
-        paths = [p for p in base.rglob("*")]
+        # outputs/<profile> and outputs/.cache (the slice cache) of the run, and the phantoms it generated
+        paths = list(root.parent.rglob("*")) + list((root.parents[2] / "phantoms").rglob("*"))
         files = [p for p in paths if p.is_file()]
         assert len(files) > 50 and any(p.suffix == ".keras" for p in files) and any(p.suffix == ".npy" for p in files)
         assert {str(p): oct(p.stat().st_mode & 0o777) for p in files if p.stat().st_mode & 0o777 != 0o644} == {}
