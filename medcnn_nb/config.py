@@ -254,12 +254,13 @@ def env_report() -> str:
 
 # %% ../nbs/00_config.ipynb #e471481a
 # absl's pre-init warning, glog-style INFO/WARNING lines ("I0000 00:00:17.. 123 file.cc:31] ..."), the
-# CUDA/cuDNN errors of a machine without a GPU driver, the CPU-instruction notice's second line, and
+# CUDA/cuDNN errors of a machine without a GPU driver, tf.data's harmless "NodeDef mentions attribute
+# use_unbounded_threadpool" (Keras' datasets on a newer graph), the CPU-instruction notice's second line, and
 # ipykernel's notice that a local kernel talks to papermill over TCP (loopback) without encryption.
 STARTUP_NOISE = re.compile(
     r"^(?:WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w.]+:\d+\] .*"
-    r"|E\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w.]+:\d+\] .*(?:cuInit|CUDA|cuda|cuDNN|cuFFT|cuBLAS|Unable to register).*"
+    r"|E\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w.]+:\d+\] .*(?:cuInit|CUDA|cuda|cuDNN|cuFFT|cuBLAS|Unable to register|NodeDef mentions attribute).*"
     r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\."
     r"|\[IPKernelApp\] WARNING \| Kernel is running over TCP without encryption\..*)$")
 
