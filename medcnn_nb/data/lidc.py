@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,10 +22,10 @@ from scipy import ndimage
 from .core import DataError, walk_files
 
 # %% auto #0
-__all__ = ['CHARACTERISTIC_RANGES', 'MAX_PIXEL', 'MAX_Z_MM', 'find_series', 'CTSeries', 'read_series', 'Roi', 'ReaderNodule',
-           'NonNodule', 'Reader', 'LidcAnnotation', 'parse_lidc_xml', 'rois_outside', 'contour_mask', 'BoxMask',
-           'reader_mask', 'ConsensusNodule', 'group_marks', 'consensus_box', 'LidcCase', 'load_lidc_case',
-           'find_lidc_cases', 'scan_lidc']
+__all__ = ['CHARACTERISTIC_RANGES', 'MAX_PIXEL', 'MAX_Z_MM', 'CONTOUR_POINTS', 'find_series', 'CTSeries', 'read_series', 'Roi',
+           'ReaderNodule', 'NonNodule', 'Reader', 'LidcAnnotation', 'parse_lidc_xml', 'rois_outside', 'contour_mask',
+           'BoxMask', 'reader_mask', 'ConsensusNodule', 'consensus_box', 'group_marks', 'LidcGroupingWarning',
+           'ReaderMark', 'case_nodules', 'LidcCase', 'load_lidc_case', 'find_lidc_cases', 'scan_lidc']
 
 # %% ../../nbs/02a_data_lidc.ipynb #08742975
 def _is_dicom_candidate(p: Path) -> bool:
@@ -428,33 +429,50 @@ def rois_outside(ann: LidcAnnotation, # a parsed annotation
     return out
 
 # %% ../../nbs/02a_data_lidc.ipynb #c9906932
-def _outline(xy: np.ndarray, shape: tuple) -> np.ndarray:
-    "Pixels of the closed polyline through `xy` (columns, rows), in an array of `shape` (rows, cols)."
-    img = np.zeros(shape, bool)
-    pts = np.asarray(xy, float).reshape(-1, 2)
-    nxt = np.roll(pts, -1, axis=0)
-    for (x0, y0), (x1, y1) in zip(pts, nxt):
-        n = int(max(abs(x1 - x0), abs(y1 - y0))) + 1
-        xs = np.rint(np.linspace(x0, x1, n)).astype(int); ys = np.rint(np.linspace(y0, y1, n)).astype(int)
-        img[ys.clip(0, shape[0] - 1), xs.clip(0, shape[1] - 1)] = True
-    return img
+CONTOUR_POINTS = ("exclude", "include", "pylidc")  # what becomes of the outline's own pixels (see text)
 
-def contour_mask(xy: np.ndarray,       # (n, 2) closed contour, pixel (column, row) coordinates
-                 shape: tuple,         # (rows, cols) of the slice
-                 interior_only: bool = False  # True: leave the outline out (for exclusion ROIs)
-                ) -> np.ndarray:
-    "Rasterise one LIDC contour into a (rows, cols) bool mask; the outline is inside the ROI."
-    xy = np.asarray(xy).reshape(-1, 2)
+def _convention(contour_points: str) -> str:
+    if contour_points not in CONTOUR_POINTS:
+        raise ValueError(f"contour_points must be one of {CONTOUR_POINTS}, got {contour_points!r}")
+    return contour_points
+
+def _inside(rc: np.ndarray,  # (n, 2) polygon vertices as (row, col)
+            lo: tuple,       # (row, col) of the frame's first pixel
+            shape: tuple     # (rows, cols) of the frame
+           ) -> np.ndarray:
+    "Frame pixels whose centres matplotlib's point-in-polygon test puts inside the closed polygon `rc`."
+    from matplotlib.path import Path as PolyPath  # here, not at the top: only rasterising needs matplotlib
+    if (rc[0] != rc[-1]).any(): rc = np.vstack([rc, rc[:1]])
+    ii, jj = np.indices(shape)
+    # rows first for vertices and test points alike, as pylidc does: a pixel centre that lies exactly on an
+    # edge is decided by the crossing test, and its answer depends on which axis comes first
+    pts = np.c_[ii.ravel() + lo[0], jj.ravel() + lo[1]]
+    return PolyPath(rc, closed=True).contains_points(pts).reshape(shape)
+
+def _on(rc: np.ndarray, lo: tuple, shape: tuple) -> np.ndarray:
+    "The contour points themselves as frame pixels."
     out = np.zeros(shape, bool)
-    if not len(xy): return out
-    x0, y0 = np.maximum(xy.min(0) - 1, 0); x1, y1 = np.minimum(xy.max(0) + 2, (shape[1], shape[0]))
-    if x0 >= x1 or y0 >= y1: return out
-    # a one-pixel margin lets the background reach round the whole outline
-    box = _outline(xy - (x0 - 1, y0 - 1), (y1 - y0 + 2, x1 - x0 + 2))
-    filled = ndimage.binary_fill_holes(box)
-    if interior_only: filled &= ~box
-    out[y0:y1, x0:x1] = filled[1:-1, 1:-1]
+    i, j = rc[:, 0] - lo[0], rc[:, 1] - lo[1]
+    ok = (i >= 0) & (i < shape[0]) & (j >= 0) & (j < shape[1])
+    out[i[ok], j[ok]] = True
     return out
+
+def _compose(inside, on, hole_inside, hole_on, contour_points: str) -> np.ndarray:
+    "Nodule pixels from the inclusion contours' (inside, on) and the exclusion contours' (hole_inside, hole_on)."
+    if contour_points == "exclude": return inside & ~on & ~(hole_inside | hole_on)   # the LIDC convention
+    if contour_points == "include": return (inside | on) & ~(hole_inside & ~hole_on)  # every outline pixel is nodule
+    return inside & ~(hole_inside | hole_on)  # pylidc's include_contour_points=True: nothing removed, nothing added
+
+# %% ../../nbs/02a_data_lidc.ipynb #c9906933
+def contour_mask(xy: np.ndarray,                  # (n, 2) contour points, (column, row) as in the XML
+                 shape: tuple,                    # (rows, cols) of the slice
+                 contour_points: str = "exclude"  # "exclude" (LIDC), "include" or "pylidc"
+                ) -> np.ndarray:
+    "Rasterise one inclusion contour into the (rows, cols) bool mask of the nodule it outlines."
+    rc = np.asarray(xy, int).reshape(-1, 2)[:, ::-1]
+    none = np.zeros(shape, bool)
+    if not len(rc): return none
+    return _compose(_inside(rc, (0, 0), shape), _on(rc, (0, 0), shape), none, none, _convention(contour_points))
 
 # %% ../../nbs/02a_data_lidc.ipynb #93817ac9
 @dataclass
@@ -484,10 +502,6 @@ def _in_box(m: BoxMask, lo: tuple, size: tuple) -> np.ndarray:
     out[tuple(slice(o - l, o - l + n) for o, l, n in zip(m.offset, lo, m.crop.shape))] = m.crop
     return out
 
-def _overlap(a: BoxMask, b: BoxMask) -> bool:
-    lo, size = _union_box([a, b])
-    return bool((_in_box(a, lo, size) & _in_box(b, lo, size)).any())
-
 # %% ../../nbs/02a_data_lidc.ipynb #7773ad59
 def _slice_index(roi: Roi, sop_index: dict, z: np.ndarray, dz: float):
     if roi.sop_uid and roi.sop_uid in sop_index: return sop_index[roi.sop_uid]
@@ -495,30 +509,46 @@ def _slice_index(roi: Roi, sop_index: dict, z: np.ndarray, dz: float):
     k = int(np.argmin(np.abs(z - roi.z)))
     return k if abs(z[k] - roi.z) <= max(dz / 2, 1e-3) + 1e-6 else None
 
-def reader_mask(nodule: ReaderNodule,   # one reader's mark
-                shape: tuple,           # (z, y, x) of the volume
-                sop_uids, z_positions,  # per slice, to place each ROI
-                dz: float,              # slice spacing (mm), for the z fallback
-                unmatched: list | None = None  # unplaced ROIs are appended here
-               ) -> BoxMask | None:
-    "The 3D mask of one reader's nodule (inclusions minus exclusions), or None when no ROI lands on a slice."
-    sop_index = {u: i for i, u in enumerate(sop_uids)}
+def _mark_layers(nodule: ReaderNodule, shape: tuple, sop_uids, z_positions, dz: float,
+                 unmatched: list | None, ignored: list | None):
+    "Place a mark's ROIs on slices; its frame (the contour points' extent) and per-slice polygon layers."
+    sop_index, z = {u: i for i, u in enumerate(sop_uids)}, np.asarray(z_positions, float)
     placed = []
     for roi in nodule.rois:
-        k = _slice_index(roi, sop_index, np.asarray(z_positions, float), dz)
+        if len(roi.xy) == 1:  # a point is not an outline (see text)
+            if ignored is not None: ignored.append(roi)
+            continue
+        k = _slice_index(roi, sop_index, z, dz)
         if k is None or not len(roi.xy):
             if unmatched is not None: unmatched.append(roi)
-        else: placed.append((k, roi))
+        else: placed.append((k, roi.xy[:, ::-1].astype(int), roi.inclusion))
     if not placed: return None
-    ks = [k for k, _ in placed]; pts = np.concatenate([r.xy for _, r in placed])
-    x0, y0 = np.maximum(pts.min(0), 0); x1, y1 = np.minimum(pts.max(0) + 1, (shape[2], shape[1]))
-    if x0 >= x1 or y0 >= y1: return None
-    crop = np.zeros((max(ks) - min(ks) + 1, y1 - y0, x1 - x0), bool)
-    for k, roi in sorted(placed, key=lambda t: not t[1].inclusion):  # inclusions first, then holes
-        m = contour_mask(roi.xy - (x0, y0), crop.shape[1:], interior_only=not roi.inclusion)
-        if roi.inclusion: crop[k - min(ks)] |= m
-        else: crop[k - min(ks)] &= ~m
-    return BoxMask((min(ks), int(y0), int(x0)), crop, tuple(shape))
+    pts = np.concatenate([rc for _, rc, _ in placed]); ks = [k for k, _, _ in placed]
+    lo = (min(ks), max(int(pts[:, 0].min()), 0), max(int(pts[:, 1].min()), 0))
+    hi = (max(ks) + 1, min(int(pts[:, 0].max()) + 1, shape[1]), min(int(pts[:, 1].max()) + 1, shape[2]))
+    if lo[1] >= hi[1] or lo[2] >= hi[2]: return None
+    size = tuple(h - l for h, l in zip(hi, lo))
+    layers = np.zeros((4,) + size, bool)  # inclusion inside, inclusion points, exclusion inside, exclusion points
+    for k, rc, inclusion in placed:
+        at = 0 if inclusion else 2
+        layers[at, k - lo[0]] |= _inside(rc, lo[1:], size[1:])
+        layers[at + 1, k - lo[0]] |= _on(rc, lo[1:], size[1:])
+    return lo, layers
+
+# %% ../../nbs/02a_data_lidc.ipynb #7773ad5a
+def reader_mask(nodule: ReaderNodule,             # one reader's mark
+                shape: tuple,                     # (z, y, x) of the volume
+                sop_uids, z_positions,            # per slice, to place each ROI
+                dz: float,                        # slice spacing (mm), for the z fallback
+                unmatched: list | None = None,    # unplaced ROIs are appended here
+                contour_points: str = "exclude",  # "exclude" (LIDC), "include" or "pylidc"
+                ignored: list | None = None       # one-point ROIs (not outlines) are appended here
+               ) -> BoxMask | None:
+    "The 3D mask of one reader's nodule (inclusions minus exclusions) in its frame, or None without an outline."
+    got = _mark_layers(nodule, shape, sop_uids, z_positions, dz, unmatched, ignored)
+    if got is None: return None
+    lo, layers = got
+    return BoxMask(lo, _compose(*layers, _convention(contour_points)), tuple(shape))
 
 # %% ../../nbs/02a_data_lidc.ipynb #3a0e00de
 @dataclass
@@ -529,6 +559,7 @@ class ConsensusNodule:
     reader_masks: dict           # reader id -> BoxMask of that reader's mark
     malignancy: float | None     # median of the readers' malignancy ratings (1-5)
     spacing: tuple               # (z, y, x) mm
+    mark_ids: dict = field(default_factory=dict)  # reader id -> that reader's noduleID in the XML
 
     @property
     def mask(self) -> np.ndarray: return self.box.full()
@@ -537,26 +568,6 @@ class ConsensusNodule:
         "Diameter of the sphere with the consensus volume, (6V/pi)^(1/3)."
         return float((6 * self.box.voxels * float(np.prod(self.spacing)) / math.pi) ** (1 / 3))
 
-def group_marks(marks: list,          # (reader id, BoxMask) per reader nodule
-                spacing: tuple,       # (z, y, x) mm
-                tol_mm: float | None = None  # centroid distance that links two marks (default: max spacing)
-               ) -> list[list[int]]:
-    "Group the marks of different readers that are the same nodule: overlap or centroids within `tol_mm`."
-    tol = max(spacing) if tol_mm is None else tol_mm
-    parent = list(range(len(marks)))
-    def root(i):
-        while parent[i] != i: parent[i] = parent[parent[i]]; i = parent[i]
-        return i
-    cents = [m.centroid() * spacing for _, m in marks]
-    for i in range(len(marks)):
-        for j in range(i + 1, len(marks)):
-            if marks[i][0] == marks[j][0]: continue  # one reader's two marks are two nodules
-            if np.linalg.norm(cents[i] - cents[j]) <= tol or _overlap(marks[i][1], marks[j][1]):
-                parent[root(i)] = root(j)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(marks)): groups.setdefault(root(i), []).append(i)
-    return sorted(groups.values(), key=lambda g: tuple(marks[g[0]][1].centroid()))
-
 def consensus_box(reader_masks: list,     # one BoxMask per reader (their marks of one nodule)
                   level: float = 0.5      # fraction of those readers that must include a voxel
                  ) -> BoxMask:
@@ -564,6 +575,126 @@ def consensus_box(reader_masks: list,     # one BoxMask per reader (their marks 
     lo, size = _union_box(reader_masks)
     count = sum(_in_box(m, lo, size).astype(np.int16) for m in reader_masks)
     return BoxMask(lo, count >= level * len(reader_masks) - 1e-9, reader_masks[0].shape)
+
+# %% ../../nbs/02a_data_lidc.ipynb #b1c0a5e2
+def _link(a: BoxMask, b: BoxMask, spacing: tuple, tol: float):
+    "(distance in mm, Dice) of two drawn regions, or None when they are farther apart than `tol`."
+    gap = np.maximum(0, np.maximum(np.subtract(a.offset, np.add(b.offset, b.crop.shape)) + 1,
+                                   np.subtract(b.offset, np.add(a.offset, a.crop.shape)) + 1))
+    if np.linalg.norm(gap * np.asarray(spacing)) > tol: return None  # the boxes alone are too far apart
+    lo, size = _union_box([a, b])
+    A, B = _in_box(a, lo, size), _in_box(b, lo, size)
+    if not A.any() or not B.any(): return None
+    both = int((A & B).sum())
+    if both: return 0.0, 2 * both / (A.sum() + B.sum())
+    d = float(ndimage.distance_transform_edt(~A, sampling=spacing)[B].min())  # nearest voxel of A from B
+    return (d, 0.0) if d <= tol else None
+
+def group_marks(marks: list,                   # (reader id, BoxMask of the region the mark covers) per mark
+                spacing: tuple,                # (z, y, x) mm
+                tol_mm: float | None = None,   # marks this close (mm) still link (default: the largest spacing)
+                conflicts: list | None = None  # refused links are appended here: (mark i, mark j, readers in both)
+               ) -> list[list[int]]:
+    "Group the marks of different readers that are one nodule; a group never holds two marks of one reader."
+    tol = max(spacing) if tol_mm is None else tol_mm
+    links = []
+    for i in range(len(marks)):
+        for j in range(i + 1, len(marks)):
+            if marks[i][0] == marks[j][0]: continue
+            got = _link(marks[i][1], marks[j][1], spacing, tol)
+            if got is not None: links.append((got[0], -got[1], i, j))
+    parent, readers = list(range(len(marks))), [{r} for r, _ in marks]
+    def root(i):
+        while parent[i] != i: parent[i] = parent[parent[i]]; i = parent[i]
+        return i
+    for _, _, i, j in sorted(links):  # the closest, then the most overlapping pairs first
+        a, b = root(i), root(j)
+        if a == b: continue
+        if readers[a] & readers[b]:   # one reader's two marks would become one nodule: refuse
+            if conflicts is not None: conflicts.append((i, j, sorted(readers[a] & readers[b])))
+            continue
+        parent[a] = b; readers[b] |= readers[a]
+    groups: dict[int, list[int]] = {}
+    for i in range(len(marks)): groups.setdefault(root(i), []).append(i)
+    return sorted(groups.values(), key=lambda g: tuple(marks[g[0]][1].offset))
+
+# %% ../../nbs/02a_data_lidc.ipynb #c4d1e7a3
+class LidcGroupingWarning(UserWarning):
+    "Marks of different readers that link two nodules one reader kept apart."
+
+@dataclass
+class ReaderMark:
+    "One reader's mark of a nodule >= 3 mm, rasterised."
+    reader: str                # reader id
+    nodule_id: str             # the reader's noduleID in the XML
+    mask: BoxMask              # the nodule as the reader meant it, under the chosen contour-point convention
+    drawn: BoxMask             # polygon and outline together: what the pen enclosed (used for grouping)
+    malignancy: int | None
+
+# %% ../../nbs/02a_data_lidc.ipynb #c4d1e7a5
+def _reader_marks(ann: LidcAnnotation | None, shape, sop_uids, z_positions, dz, contour_points, problems) -> list:
+    marks, unmatched, ignored, n_rois = [], [], [], 0
+    for reader in (ann.readers if ann else []):
+        for nod in reader.nodules:
+            points: list = []; before = len(unmatched)
+            got = _mark_layers(nod, shape, sop_uids, z_positions, dz, unmatched, points)
+            if nod.rois and len(points) == len(nod.rois):  # a point mark: the protocol's sign of a nodule < 3 mm
+                problems.append(f"reader {reader.id}'s nodule {nod.id} has characteristics but only single points, "
+                                "no outline: not counted as a reader of an outlined nodule")
+                continue
+            n_rois += len(nod.rois); ignored += points
+            if len(unmatched) > before:  # say whose ROIs were lost, never just how many
+                zs = ", ".join(f"{r.z:g}" if r.z is not None else "?" for r in unmatched[before:])
+                problems.append(f"{ann.path}: reader {reader.id}, nodule {nod.id}: {len(unmatched) - before} of "
+                                f"{len(nod.rois)} ROIs (z {zs}) match no slice and are left out")
+            if got is None:
+                if nod.rois: problems.append(f"{ann.path}: reader {reader.id}, nodule {nod.id}: no voxel of the mark lies "
+                                             "in this series, the mark is left out")
+                continue
+            lo, layers = got
+            marks.append(ReaderMark(reader.id, nod.id, BoxMask(lo, _compose(*layers, contour_points), tuple(shape)),
+                                    BoxMask(lo, _compose(*layers, "include"), tuple(shape)), nod.malignancy))
+    if ann and n_rois > len(ignored) and len(unmatched) == n_rois - len(ignored):  # nothing could be placed
+        raise DataError(ann.path, f"none of its {n_rois} nodule ROIs matches a slice of series {ann.series_uid} "
+                                  "(by SOP UID or z position)")
+    if ann and n_rois > len(ignored) and not marks:
+        raise DataError(ann.path, f"none of its {n_rois} nodule ROIs gives a mark inside this {shape[1]}x{shape[2]} "
+                                  "series (outside the image?)")
+    if ignored: problems.append(f"{len(ignored)} one-point ROIs inside outlined nodules ignored: a point marks a "
+                                "nodule < 3 mm, it is no outline")
+    return marks
+
+# %% ../../nbs/02a_data_lidc.ipynb #c4d1e7a4
+def case_nodules(ann: LidcAnnotation | None,      # the series' parsed XML (None: no annotations)
+                 shape: tuple, spacing: tuple,     # (z, y, x) of the volume and its voxel size (mm)
+                 z_positions, sop_uids,            # per slice, to place each ROI
+                 consensus: float = 0.5,           # fraction of a nodule's readers that must include a voxel
+                 contour_points: str = "exclude",  # "exclude" (LIDC), "include" or "pylidc"
+                 tol_mm: float | None = None,      # grouping distance, see `group_marks`
+                 scan: str = ""                    # the scan's name, for warnings
+                ) -> tuple[list, list, list]:
+    "The consensus nodules of one series from its geometry alone: (nodules, reader marks, problems)."
+    problems: list[str] = []
+    marks = _reader_marks(ann, shape, sop_uids, z_positions, spacing[0], _convention(contour_points), problems)
+    conflicts: list = []
+    groups = group_marks([(m.reader, m.drawn) for m in marks], spacing, tol_mm, conflicts)
+    member = {i: g for g in groups for i in g}
+    for i, j, readers in conflicts:
+        names = lambda g: ", ".join(f"{marks[k].reader}:{marks[k].nodule_id}" for k in g)
+        msg = (f"{scan or 'scan'}: marks {marks[i].reader}:{marks[i].nodule_id} and {marks[j].reader}:{marks[j].nodule_id} "
+               f"touch, but reader(s) {', '.join(readers)} marked their nodules separately; kept apart as "
+               f"[{names(member[i])}] and [{names(member[j])}]")
+        problems.append(msg); warnings.warn(msg, LidcGroupingWarning, stacklevel=3)
+    nodules = []
+    for g in groups:
+        rmasks = {marks[i].reader: marks[i].mask for i in g}
+        box = consensus_box(list(rmasks.values()), consensus)
+        if not box.voxels:
+            problems.append(f"readers {sorted(rmasks)} share no voxel at consensus {consensus}: nodule dropped"); continue
+        ratings = [marks[i].malignancy for i in g if marks[i].malignancy is not None]
+        nodules.append(ConsensusNodule(box, list(rmasks), rmasks, float(np.median(ratings)) if ratings else None,
+                                       tuple(spacing), {marks[i].reader: marks[i].nodule_id for i in g}))
+    return nodules, marks, problems
 
 # %% ../../nbs/02a_data_lidc.ipynb #8fae8127
 @dataclass
@@ -595,55 +726,29 @@ def _case_annotation(folder: Path, series_uid: str, problems: list) -> LidcAnnot
     if chosen is None: problems.append("no LIDC XML for this series: no annotations")
     return chosen
 
-def load_lidc_case(series_dir: str | Path,    # a folder with one CT series and its XML
-                   consensus: float = 0.5,    # fraction of a nodule's readers that must include a voxel
-                   strict: bool = True,       # gaps/duplicates in the series are errors
-                   tol_mm: float | None = None  # grouping distance, see `group_marks`
+# %% ../../nbs/02a_data_lidc.ipynb #8fae8128
+def load_lidc_case(series_dir: str | Path,          # a folder with one CT series and its XML
+                   consensus: float = 0.5,          # fraction of a nodule's readers that must include a voxel
+                   strict: bool = True,             # gaps/duplicates in the series are errors
+                   tol_mm: float | None = None,     # grouping distance, see `group_marks`
+                   contour_points: str = "exclude"  # the outline's own pixels: "exclude" (LIDC), "include", "pylidc"
                   ) -> LidcCase:
     "Load one LIDC-IDRI series with its readers' consensus nodule masks."
     folder = Path(series_dir)
     if not 0 < consensus <= 1: raise ValueError(f"consensus must be in (0, 1], got {consensus}")
+    _convention(contour_points)
     series = read_series(folder, strict=strict)
     problems = list(series.problems)
     ann = _case_annotation(folder if folder.is_dir() else folder.parent, series.series_uid, problems)
     shape = series.hu.shape
     if ann: problems.extend(rois_outside(ann, *shape[1:]))
-    marks, unmatched, n_rois, mal = [], [], 0, []
-    for reader in (ann.readers if ann else []):
-        for nod in reader.nodules:
-            n_rois += len(nod.rois); before = len(unmatched)
-            m = reader_mask(nod, shape, series.sop_uids, series.z_positions, series.spacing[0], unmatched)
-            if len(unmatched) > before:  # say whose ROIs were lost, never just how many
-                zs = ", ".join(f"{r.z:g}" if r.z is not None else "?" for r in unmatched[before:])
-                problems.append(f"{ann.path}: reader {reader.id}, nodule {nod.id}: {len(unmatched) - before} of "
-                                f"{len(nod.rois)} ROIs (z {zs}) match no slice and are left out")
-            if m is not None and m.voxels: marks.append((reader.id, m)); mal.append(nod.malignancy)
-            elif nod.rois: problems.append(f"{ann.path}: reader {reader.id}, nodule {nod.id}: no voxel of the mark lies "
-                                           "in this series, the mark is left out")
-    if ann and n_rois and len(unmatched) == n_rois:
-        raise DataError(ann.path, f"none of its {n_rois} nodule ROIs matches a slice of series {series.series_uid} "
-                                  "(by SOP UID or z position)")
-    if ann and n_rois and not marks:
-        raise DataError(ann.path, f"none of its {n_rois} nodule ROIs gives a mark inside this {shape[1]}x{shape[2]} "
-                                  "series (outside the image?)")
-    nodules = []
-    for g in group_marks(marks, series.spacing, tol_mm):
-        per_reader: dict[str, list] = {}
-        for i in g: per_reader.setdefault(marks[i][0], []).append(marks[i][1])
-        rmasks = {}
-        for rid, ms in per_reader.items():
-            if len(ms) > 1: problems.append(f"reader {rid} marked one nodule {len(ms)} times; their marks are merged")
-            lo, size = _union_box(ms)
-            rmasks[rid] = BoxMask(lo, np.logical_or.reduce([_in_box(m, lo, size) for m in ms]), shape)
-        box = consensus_box(list(rmasks.values()), consensus)
-        if not box.voxels:
-            problems.append(f"readers {sorted(rmasks)} share no voxel at consensus {consensus}: nodule dropped"); continue
-        ratings = [mal[i] for i in g if mal[i] is not None]
-        nodules.append(ConsensusNodule(box, list(rmasks), rmasks, float(np.median(ratings)) if ratings else None,
-                                       series.spacing))
+    case_id = series.patient_id or _patient_folder(folder)
+    nodules, marks, more = case_nodules(ann, shape, series.spacing, series.z_positions, series.sop_uids, consensus,
+                                        contour_points, tol_mm, scan=case_id)
+    problems += more
     cmask = np.zeros(shape, bool)
     for n in nodules: cmask[n.box.slices] |= n.box.crop
-    return LidcCase(case_id=series.patient_id or _patient_folder(folder), series_uid=series.series_uid, path=folder,
+    return LidcCase(case_id=case_id, series_uid=series.series_uid, path=folder,
                     hu=series.hu, spacing=series.spacing, z_positions=series.z_positions, sop_uids=series.sop_uids,
                     nodules=nodules, consensus_mask=cmask, slice_labels=cmask.any((1, 2)), reader_marks=len(marks),
                     annotation=ann, problems=problems, assumptions=list(series.assumptions))

@@ -63,13 +63,18 @@ class PlantedNodule:
     kind: str                 # one of NODULE_KINDS
     diameter_mm: float        # drawn diameter
     readers: list             # ids of the readers who marked it
-    reader_masks: dict        # reader id -> BoxMask of that reader's outline
+    reader_masks: dict        # reader id -> BoxMask of the nodule as that reader means it
     malignancy: dict          # reader id -> rating 1-5
+    drawn: dict = field(default_factory=dict)  # reader id -> BoxMask of the region their outline encloses, outline included
 
-    def consensus(self, level: float = 0.5) -> np.ndarray:
+    def consensus(self, level: float = 0.5,              # fraction of this nodule's readers that must agree
+                  contour_points: str = "exclude"        # "include": vote over the drawn regions, outlines and all
+                 ) -> np.ndarray:
         "Full (z, y, x) mask: voxels inside at least `level` of this nodule's readers' masks."
-        votes = sum(m.full().astype(np.int16) for m in self.reader_masks.values())
-        return votes >= level * len(self.reader_masks) - 1e-9
+        if contour_points not in ("exclude", "include"): raise ValueError(f"contour_points {contour_points!r}: 'exclude' or 'include'")
+        masks = self.reader_masks if contour_points == "exclude" else self.drawn
+        votes = sum(m.full().astype(np.int16) for m in masks.values())
+        return votes >= level * len(masks) - 1e-9
 
 @dataclass
 class LidcPhantom:
@@ -84,9 +89,9 @@ class LidcPhantom:
 
     @property
     def hu(self) -> np.ndarray: return self.stored.astype(np.float32) - 1024
-    def consensus_mask(self, level: float = 0.5) -> np.ndarray:
+    def consensus_mask(self, level: float = 0.5, contour_points: str = "exclude") -> np.ndarray:
         out = np.zeros(self.stored.shape, bool)
-        for n in self.nodules: out |= n.consensus(level)
+        for n in self.nodules: out |= n.consensus(level, contour_points)
         return out
 
 # %% ../../nbs/02c_phantom_lidc.ipynb #61a1c40c
@@ -157,6 +162,23 @@ def _box(full: np.ndarray) -> BoxMask:
     sl = ndimage.find_objects(full.astype(np.uint8))[0]
     return BoxMask(tuple(s.start for s in sl), full[sl].copy(), full.shape)
 
+def _outline_outside(m: np.ndarray  # (z, y, x) bool, the nodule a reader means
+                    ) -> tuple[BoxMask, BoxMask]:
+    "(drawn, meant): the region a reader outlines one pixel outside `m`, and the nodule that outline says (LIDC)."
+    drawn = np.zeros_like(m)
+    cross = ndimage.generate_binary_structure(2, 1)
+    for k in np.flatnonzero(m.any((1, 2))):  # the first pixels just outside the nodule, all round it:
+        # its 4-neighbours, so that the 8-connected chain traced round them skips no corner into the nodule
+        drawn[k] = ndimage.binary_fill_holes(ndimage.binary_dilation(m[k], cross))
+    box = _box(drawn)
+    meant = box.crop.copy()
+    for kz in range(meant.shape[0]):  # the outline itself is not nodule: what is left is what the reader means
+        labels, count = ndimage.label(box.crop[kz], structure=np.ones((3, 3)))
+        for lab in range(1, count + 1):
+            x, y = trace_outline(labels == lab).T
+            meant[kz, y, x] = False
+    return box, BoxMask(box.offset, meant, box.shape)
+
 # %% ../../nbs/02c_phantom_lidc.ipynb #74ce7019
 def make_lidc_phantom(seed: int,           # dataset seed
                       patient: int,        # 0-based patient index
@@ -197,11 +219,11 @@ def make_lidc_phantom(seed: int,           # dataset seed
         else: hu[truth] = rng.uniform(10, 60)
         markers = [rd for rd in readers if rng.random() < (0.9 if d >= 6 else 0.65)] or [readers[int(rng.integers(len(readers)))]]
         base = int(np.clip(round(1 + d / 8 + rng.normal(0, 0.7)), 1, 5))
-        masks, mal = {}, {}
+        masks, mal, drawn = {}, {}, {}
         for rd in markers:
-            masks[rd] = _box(_reader_version(rng, truth))
+            drawn[rd], masks[rd] = _outline_outside(_reader_version(rng, truth))
             mal[rd] = int(np.clip(base + rng.integers(-1, 2), 1, 5))
-        nodules.append(PlantedNodule(kind, d, markers, masks, mal))
+        nodules.append(PlantedNodule(kind, d, markers, masks, mal, drawn))
     small, non = [], []
     lung_pts = np.argwhere(depth > 3)
     for _ in range(int(rng.integers(0, 4))):                     # nodules < 3 mm: a bright dot, no outline
@@ -292,7 +314,7 @@ def lidc_xml(ph: LidcPhantom, series_uid: str, study_uid: str, sops: list) -> st
                          f"        <calcification>6</calcification>\n        <sphericity>4</sphericity>\n        <margin>4</margin>\n"
                          f"        <lobulation>2</lobulation>\n        <spiculation>1</spiculation>\n        <texture>{texture}</texture>\n"
                          f"        <malignancy>{nod.malignancy[rd]}</malignancy>\n      </characteristics>\n"
-                         + _nodule_rois(nod.reader_masks[rd], ph, sops) + "    </unblindedReadNodule>\n")
+                         + _nodule_rois(nod.drawn[rd], ph, sops) + "    </unblindedReadNodule>\n")
         for r2, k, x, y in ph.small_nodules:
             if r2 != rd: continue
             num += 1
