@@ -262,7 +262,8 @@ STARTUP_NOISE = re.compile(
     r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w.]+:\d+\] .*"
     r"|E\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w.]+:\d+\] .*(?:cuInit|CUDA|cuda|cuDNN|cuFFT|cuBLAS|Unable to register|NodeDef mentions attribute).*"
     r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\."
-    r"|\[IPKernelApp\] WARNING \| Kernel is running over TCP without encryption\..*)$")
+    r"|\[IPKernelApp\] WARNING \| Kernel is running over TCP without encryption\..*"
+    r"|\[IPKernelApp\] ERROR \| KeyboardInterrupt caught in kernel\.)$")  # papermill stopping a finished kernel
 
 class NativeStderrFilter:
     "Context manager: file descriptor 2 (and so every child process's) goes through a thread dropping `pattern` lines."
