@@ -17,6 +17,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
+from medcnn_nb.datasets import DATASETS, ensure_phantoms, load_slices
+from medcnn_nb.preprocess import training_indices
+
 
 def unet(input_shape, out_channels, base_filters, depth):
     "The project's U-Net, or a plain one when `medcnn_nb.models` is not there."
@@ -79,7 +82,7 @@ def main(argv=None):
     from medcnn_nb.config import add_config_args, config_from_args, env_report
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="teaching", help="smoke | teaching | paper (default teaching)")
-    p.add_argument("--dataset", choices=("lidc", "brats", "both"), default="both")
+    p.add_argument("--dataset", choices=(*DATASETS, "both"), default="both", help="a registered dataset, or both of the paper's")
     p.add_argument("--data-root", type=Path, help="folder with lidc/ and brats/ (default: fresh phantoms in a temp folder)")
     p.add_argument("--batches", type=int, default=40, help="batches timed for the loader (default 40)")
     p.add_argument("--steps", type=int, default=10, help="training steps timed (default 10)")
@@ -87,23 +90,18 @@ def main(argv=None):
     add_config_args(p)
     args = p.parse_args(argv)
     cfg = config_from_args(args)
-    from medcnn_nb.preprocess import load_slices, training_indices
     print(env_report())
     print(f"profile {cfg.profile}: image_size {cfg.image_size}, batch {cfg.batch_size}, U-Net base {cfg.base_filters} depth {cfg.depth}")
     work = Path(tempfile.mkdtemp(prefix="bench_loader_"))
     rows = []
     try:
-        for ds in (("lidc", "brats") if args.dataset == "both" else (args.dataset,)):
-            data = args.data_root / ds if args.data_root else work / ds
+        paper = [d.name for d in DATASETS.values() if d.in_paper]
+        for ds in (paper if args.dataset == "both" else (args.dataset,)):
+            data = args.data_root / ds if args.data_root else None
             t_gen = float("nan")
             if not args.data_root:
                 t0 = time.perf_counter()
-                if ds == "lidc":
-                    from medcnn_nb.data.phantom_lidc import write_lidc_phantoms
-                    write_lidc_phantoms(data, cfg.lidc_patients, cfg.seed, size=cfg.lidc_size, slices=cfg.lidc_slices)
-                else:
-                    from medcnn_nb.data.phantom_brats import write_brats_phantoms
-                    write_brats_phantoms(data, cfg.brats_patients, cfg.seed, year=cfg.brats_year, size=cfg.brats_size, slices=cfg.brats_slices)
+                data = ensure_phantoms(ds, cfg, work / "phantoms")
                 t_gen = time.perf_counter() - t0
             cache = work / f"cache-{ds}"  # always cold: a fresh cache folder
             t0 = time.perf_counter(); sl = load_slices(ds, data, cfg, cache_dir=cache, progress=False); t_build = time.perf_counter() - t0

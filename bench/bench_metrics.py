@@ -12,7 +12,7 @@ import platform
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # medcnn_nb.metrics imports Keras (for DiceMetric)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 from scipy import ndimage

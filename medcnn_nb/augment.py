@@ -46,27 +46,11 @@ def warp_batch(images: np.ndarray,    # (B, H, W, C) float
                matrices: np.ndarray   # (B, 3, 3) forward matrices, one per slice
               ) -> tuple[np.ndarray, np.ndarray]:
     "Apply one affine per slice: images bilinear, masks nearest neighbour, zeros from outside."
-    B, H, W = images.shape[:3]
-    inv = np.linalg.inv(np.asarray(matrices, float))
-    rows, cols = np.meshgrid(np.arange(H, dtype=float), np.arange(W, dtype=float), indexing="ij")
-    src = (inv[:, :2, :2] @ np.stack([rows.ravel(), cols.ravel()]) + inv[:, :2, 2:]).round(9)  # (B, 2, H*W): where to read
-    # A one-pixel border of zeros around every slice: clipping the source points into it reads 0
-    # outside the slice, with no bounds test per neighbour.
-    Hp, Wp = H + 2, W + 2
-    base = (np.arange(B) * Hp * Wp)[:, None]
-    def flat_index(rr, cc): return base + (np.clip(rr, -1, H) + 1) * Wp + np.clip(cc, -1, W) + 1
-    pad = ((0, 0), (1, 1), (1, 1), (0, 0))
-    flat_img = np.pad(images.astype(np.float32, copy=False), pad).reshape(B * Hp * Wp, -1)
-    r, c = src[:, 0], src[:, 1]
-    r0, c0 = np.floor(r), np.floor(c)
-    fr, fc = (r - r0).astype(np.float32)[..., None], (c - c0).astype(np.float32)[..., None]
-    r0, c0 = r0.astype(np.int64), c0.astype(np.int64)
-    top = flat_img[flat_index(r0, c0)] * (1 - fc) + flat_img[flat_index(r0, c0 + 1)] * fc
-    bottom = flat_img[flat_index(r0 + 1, c0)] * (1 - fc) + flat_img[flat_index(r0 + 1, c0 + 1)] * fc
-    out = top * (1 - fr) + bottom * fr
-    flat_msk = np.pad(masks, pad).reshape(B * Hp * Wp, -1)
-    new_masks = flat_msk[flat_index(np.floor(r + 0.5).astype(np.int64), np.floor(c + 0.5).astype(np.int64))]
-    return out.astype(images.dtype, copy=False).reshape(images.shape), new_masks.reshape(masks.shape)
+    if not len(images) == len(masks) == len(matrices):
+        raise ValueError(f"{len(images)} images, {len(masks)} masks and {len(matrices)} matrices: one each per slice")
+    warped = [apply_affine(i, m, order=1) for i, m in zip(images, matrices)]
+    labels = [apply_affine(k, m, order=0) for k, m in zip(masks, matrices)]
+    return np.stack(warped).astype(images.dtype, copy=False), np.stack(labels).astype(masks.dtype, copy=False)
 
 # %% ../nbs/02h_augment.ipynb #c6140595
 def random_matrix(shape: Sequence[int],      # (H, W) of the slice

@@ -23,11 +23,31 @@ from typing import Any
 import numpy as np
 
 # %% auto #0
-__all__ = ['PROFILES', 'STARTUP_NOISE', 'Config', 'get_config', 'add_config_args', 'config_from_args', 'OutputLayout',
-           'temp_name', 'atomic_write', 'write_json', 'seed_everything', 'devices', 'versions', 'env_report',
-           'NativeStderrFilter', 'git_commit', 'require']
+__all__ = ['KNOBS', 'PROFILES', 'STARTUP_NOISE', 'DatasetKnobs', 'register_knobs', 'Config', 'get_config', 'add_config_args',
+           'config_from_args', 'OutputLayout', 'temp_name', 'atomic_write', 'write_json', 'seed_everything', 'devices',
+           'versions', 'env_report', 'NativeStderrFilter', 'git_commit', 'require']
 
 # %% ../nbs/00_config.ipynb #018e4aa7
+@dataclass(frozen=True)
+class DatasetKnobs:
+    "Base of one dataset's knobs; a dataset definition subclasses it (frozen dataclass fields + `problems`)."
+    def problems(self) -> list[str]:
+        "What is wrong with these values (empty when they are valid)."
+        return []
+
+KNOBS: dict[str, tuple[type, dict]] = {}
+"Dataset name -> (its `DatasetKnobs` class, profile -> overrides), filled by `register_knobs`."
+
+def register_knobs(name: str,            # the dataset's name, e.g. "lidc": the section is `cfg.<name>`
+                   knobs: type,          # a frozen dataclass deriving from `DatasetKnobs`; its defaults are `teaching`'s
+                   profiles: dict | None = None # profile -> {field: value} that differ from the defaults
+                  ) -> None:
+    "Declare the configuration section of one dataset."
+    if not (dataclasses.is_dataclass(knobs) and issubclass(knobs, DatasetKnobs)):
+        raise TypeError(f"{name}: knobs must be a dataclass deriving from DatasetKnobs, got {knobs!r}")
+    KNOBS[name] = (knobs, dict(profiles or {}))
+
+# %% ../nbs/00_config.ipynb #0d9cfeaf
 @dataclass(frozen=True)
 class Config:
     "Every knob of a run. Build one with `get_config(profile, **overrides)`."
@@ -48,53 +68,49 @@ class Config:
     depth: int = 3                   # number of down-sampling levels of the U-Nets
     # --- slices (paper §2.2) ---
     negatives_ratio: float = 1.0     # negative slices kept per positive slice
-    hu_window: tuple = (-1000.0, 400.0)  # CT window mapped to [0, 1] (lung window)
-    consensus: float = 0.5           # LIDC: fraction of readers that must include a pixel
     augment: bool = True             # random rotation/scale/shift/flip on training slices
-    # --- phantoms: the embedded default data ---
-    lidc_patients: int = 20          # LIDC-style phantom patients
-    lidc_size: int = 128             # phantom CT in-plane size in pixels (real scans: 512)
-    lidc_slices: int = 40            # phantom CT slices per series
-    brats_patients: int = 20         # BraTS-style phantom cases
-    brats_size: int = 96             # phantom MRI in-plane size (real BraTS: 240)
-    brats_slices: int = 48           # phantom MRI slices (real BraTS: 155)
-    brats_year: int = 2021           # naming and labels of the BraTS phantoms
     # --- experiments ---
     ablation_folds: int = 2          # folds run for the ablation table
     ablation_datasets: tuple = ("lidc",)  # datasets the ablation table covers
     distribute: str = "none"         # "none" | "mirrored" (tf.distribute) | "data_parallel" (keras.distribution, JAX)
+    datasets: dict = field(default_factory=dict) # dataset name -> its knobs (see `register_knobs`)
+
+    def problems(self) -> list[str]:
+        "Everything wrong with these values, the datasets' sections included."
+        out = []
+        if self.profile not in PROFILES: out.append(f"profile {self.profile!r} is not one of {sorted(PROFILES)}")
+        for name in ("image_size", "batch_size", "max_epochs", "base_filters", "depth"):
+            if getattr(self, name) < 1: out.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.folds < 2: out.append(f"folds must be >= 2 for cross-validation, got {self.folds}")
+        if self.patience < 0: out.append(f"patience must be >= 0, got {self.patience}")
+        if not 0 < self.learning_rate < 1: out.append(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        if self.negatives_ratio < 0: out.append(f"negatives_ratio must be >= 0, got {self.negatives_ratio}")
+        if self.distribute not in ("none", "mirrored", "data_parallel"):
+            out.append(f"distribute must be 'none', 'mirrored' or 'data_parallel', got {self.distribute!r}")
+        for name, knobs in self.datasets.items(): out += [f"{name}.{p}" for p in knobs.problems()]
+        return out
 
     def __post_init__(self):
-        problems = []
-        if self.profile not in PROFILES: problems.append(f"profile {self.profile!r} is not one of {sorted(PROFILES)}")
-        for name in ("image_size", "batch_size", "max_epochs", "base_filters", "depth", "lidc_size",
-                     "lidc_slices", "brats_size", "brats_slices"):
-            if getattr(self, name) < 1: problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.folds < 2: problems.append(f"folds must be >= 2 for cross-validation, got {self.folds}")
-        if self.patience < 0: problems.append(f"patience must be >= 0, got {self.patience}")
-        if not 0 < self.learning_rate < 1: problems.append(f"learning_rate must be in (0, 1), got {self.learning_rate}")
-        if not 0 < self.consensus <= 1: problems.append(f"consensus must be in (0, 1], got {self.consensus}")
-        if self.negatives_ratio < 0: problems.append(f"negatives_ratio must be >= 0, got {self.negatives_ratio}")
-        if self.hu_window[0] >= self.hu_window[1]: problems.append(f"hu_window must be (low, high), got {self.hu_window}")
-        if self.brats_year not in (2020, 2021, 2023): problems.append(f"brats_year must be 2020, 2021 or 2023, got {self.brats_year}")
-        if self.distribute not in ("none", "mirrored", "data_parallel"):
-            problems.append(f"distribute must be 'none', 'mirrored' or 'data_parallel', got {self.distribute!r}")
-        if problems: raise ValueError("invalid configuration: " + "; ".join(problems))
+        if problems := self.problems(): raise ValueError("invalid configuration: " + "; ".join(problems))
+
+    def __getattr__(self, name: str):
+        "A dataset's section as an attribute: `cfg.lidc.patients`."
+        sections = self.__dict__.get("datasets", {})
+        if name in sections: return sections[name]
+        raise AttributeError(f"Config has no field or dataset section {name!r} (sections: {sorted(sections)})")
 
     def to_dict(self) -> dict:
-        "Plain JSON-ready dict (tuples become lists)."
-        return json.loads(json.dumps(asdict(self)))
+        "Plain JSON-ready dict (tuples become lists); each dataset's section is a nested dict under its name."
+        flat = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "datasets"}
+        return json.loads(json.dumps({**flat, **{k: asdict(v) for k, v in self.datasets.items()}}))
 
 # %% ../nbs/00_config.ipynb #9a953701
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(image_size=64, batch_size=16, folds=2, max_epochs=2, patience=1, base_filters=8, depth=2,
-                  lidc_patients=6, lidc_size=96, lidc_slices=24, brats_patients=6, brats_size=64,
-                  brats_slices=24, steps_per_epoch=0, ablation_folds=2),
+                  steps_per_epoch=0, ablation_folds=2),
     "teaching": dict(),  # the dataclass defaults above
     "paper": dict(image_size=512, batch_size=32, folds=5, max_epochs=200, patience=10, learning_rate=1e-3,
-                  base_filters=32, depth=4, lidc_patients=60, lidc_size=512, lidc_slices=120,
-                  brats_patients=60, brats_size=240, brats_slices=155, ablation_folds=5,
-                  steps_per_epoch=0, ablation_datasets=("lidc", "brats")),
+                  base_filters=32, depth=4, ablation_folds=5, steps_per_epoch=0, ablation_datasets=("lidc", "brats")),
 }
 
 def _coerce(name: str, value, like):
@@ -113,38 +129,78 @@ def _coerce(name: str, value, like):
     try: return type(like)(value)
     except (TypeError, ValueError): raise ValueError(f"{name}: cannot read {value!r} as {type(like).__name__}") from None
 
-def get_config(profile: str = "teaching", # "smoke", "teaching" or "paper"
-               **overrides) -> Config:     # any field of `Config`; `None` values are ignored
-    "The profile's settings with `overrides` applied and checked."
-    if profile not in PROFILES: raise ValueError(f"unknown profile {profile!r}: choose one of {sorted(PROFILES)}")
-    known = {f.name: f for f in fields(Config)}
-    unknown = sorted(set(overrides) - set(known))
-    if unknown: raise ValueError(f"unknown configuration keys {unknown}; known keys: {sorted(known)}")
-    values = {**PROFILES[profile], "profile": profile}
-    defaults = Config.__new__(Config)  # a default instance without validation, only to read types
-    for f in fields(Config): object.__setattr__(defaults, f.name, f.default)
-    for k, v in overrides.items():
-        if v is not None: values[k] = _coerce(k, v, values.get(k, getattr(defaults, k)))
-    return Config(**{k: _coerce(k, v, getattr(defaults, k)) if isinstance(getattr(defaults, k), tuple) else v
-                     for k, v in values.items()})
-
 # %% ../nbs/00_config.ipynb #e9eac5f8
+def _nest(overrides: dict) -> tuple[dict, dict]:
+    "Split overrides into (general fields, section -> {field: value}); `None` values are ignored."
+    general, sections = {}, {}
+    for k, v in overrides.items():
+        if v is None: continue
+        if "." in k: name, key = k.split(".", 1); sections.setdefault(name, {})[key] = v
+        elif isinstance(v, dict) and k not in {f.name for f in fields(Config)}: sections.setdefault(k, {}).update(v)
+        else: general[k] = v
+    return general, sections
+
+def _section(name: str, profile: str, given: dict, problems: list) -> DatasetKnobs | None:
+    "One dataset's knobs: its defaults, its profile's values, then `given`, each coerced to the field's type."
+    cls, profiles = KNOBS[name]
+    defaults = {f.name: f.default for f in fields(cls)}
+    unknown = sorted(set(given) - set(defaults))
+    if unknown: problems.append(f"unknown keys {[f'{name}.{k}' for k in unknown]}; {name} has {sorted(defaults)}")
+    values = {**defaults, **profiles.get(profile, {})}
+    for k, v in given.items():
+        if k not in defaults: continue
+        try: values[k] = _coerce(f"{name}.{k}", v, defaults[k])
+        except ValueError as e: problems.append(str(e))
+    knobs = cls(**values)
+    problems += [f"{name}.{p}" for p in knobs.problems()]
+    return knobs
+
+# %% ../nbs/00_config.ipynb #3ffd7018
+def get_config(profile: str = "teaching", # "smoke", "teaching" or "paper"
+               **overrides) -> Config:     # fields of `Config`, dataset sections (`lidc={...}`) or `"lidc.patients"`
+    "The profile's settings with `overrides` applied; every problem reported at once."
+    if profile not in PROFILES: raise ValueError(f"unknown profile {profile!r}: choose one of {sorted(PROFILES)}")
+    general, sections = _nest(overrides)
+    general.pop("datasets", None)
+    problems, defaults = [], {f.name: f.default for f in fields(Config) if f.name != "datasets"}
+    unknown = sorted(set(general) - set(defaults)) + sorted(f"{s} (no such dataset)" for s in set(sections) - set(KNOBS))
+    if unknown: problems.append(f"unknown configuration keys {unknown}; known keys: {sorted(defaults)} and the "
+                                f"sections {sorted(KNOBS)}")
+    values = {**defaults, **PROFILES[profile], "profile": profile}
+    for k, v in general.items():
+        if k not in defaults: continue
+        try: values[k] = _coerce(k, v, defaults[k])
+        except ValueError as e: problems.append(str(e))
+    values["ablation_datasets"] = _coerce("ablation_datasets", values["ablation_datasets"], ("",))
+    values["datasets"] = {name: _section(name, profile, sections.get(name, {}), problems) for name in KNOBS}
+    cfg = Config.__new__(Config)  # unchecked, to collect the general problems with the sections' ones
+    for k, v in values.items(): object.__setattr__(cfg, k, v)
+    problems += [p for p in cfg.problems() if p not in problems]
+    if problems: raise ValueError("invalid configuration: " + "; ".join(problems))
+    return cfg
+
+# %% ../nbs/00_config.ipynb #1eda2a44
 def add_config_args(parser, # an `argparse.ArgumentParser`
                     skip=("profile",)): # fields the caller declares itself
-    "Add one `--name` flag per `Config` field (default: the profile's value)."
+    "Add one `--name` flag per general `Config` field and `--set KEY=VALUE` (default: the profile's value)."
     group = parser.add_argument_group("configuration overrides (default: the profile's value)")
     for f in fields(Config):
-        if f.name in skip: continue
+        if f.name in skip or f.name == "datasets": continue
         flag = "--" + f.name.replace("_", "-")
         group.add_argument(flag, dest=f.name, default=None, metavar=type(f.default).__name__.upper(),
                            help=f"default {f.default!r} in teaching")
+    group.add_argument("--set", dest="set_knobs", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="a dataset's knob, e.g. --set lidc.patients=40 (repeatable)")
     return parser
 
 def config_from_args(args, profile: str | None = None) -> Config:
     "Build the `Config` from parsed `args` (unset flags keep the profile's values)."
-    names = {f.name for f in fields(Config)} - {"profile"}
-    return get_config(profile or getattr(args, "profile", "teaching"),
-                      **{k: v for k, v in vars(args).items() if k in names})
+    names = {f.name for f in fields(Config)} - {"profile", "datasets"}
+    overrides = {k: v for k, v in vars(args).items() if k in names}
+    bad = [s for s in getattr(args, "set_knobs", []) if "=" not in s or "." not in s.split("=", 1)[0]]
+    if bad: raise ValueError(f"--set expects SECTION.KEY=VALUE, got {bad}")
+    overrides.update(dict(s.split("=", 1) for s in getattr(args, "set_knobs", [])))
+    return get_config(profile or getattr(args, "profile", "teaching"), **overrides)
 
 # %% ../nbs/00_config.ipynb #4262aa6f
 @dataclass(frozen=True)

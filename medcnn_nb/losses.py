@@ -9,7 +9,7 @@ import keras
 from keras import ops
 
 # %% auto #0
-__all__ = ['LOSSES', 'soft_dice', 'DiceLoss', 'FocalLoss', 'DiceBCELoss', 'DiceFocalLoss', 'get_loss']
+__all__ = ['LOSSES', 'soft_dice', 'DiceLoss', 'FocalLoss', 'DiceBCELoss', 'DiceFocalLoss', 'get_loss', 'DiceMetric']
 
 # %% ../nbs/03b_losses.ipynb #148f8133
 def _spatial_axes(x) -> tuple:
@@ -142,3 +142,30 @@ def get_loss(name: str, # one of `LOSSES`
               "dice_focal": DiceFocalLoss, "dice_bce": DiceBCELoss}
     if name not in makers: raise ValueError(f"unknown loss {name!r}: choose one of {list(LOSSES)}")
     return makers[name](**kwargs)
+
+# %% ../nbs/03b_losses.ipynb #552e4f08
+@keras.saving.register_keras_serializable(package="medcnn_nb")
+class DiceMetric(keras.metrics.Metric):
+    "Dice of thresholded predictions, pooled over every pixel seen since the last reset (empty: 1)."
+    def __init__(self, threshold: float = 0.5, # probabilities >= threshold are positive
+                 name: str = "dice", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.threshold = float(threshold)
+        self.tp, self.fp, self.fn = (self.add_variable(shape=(), initializer="zeros", name=n) for n in ("tp", "fp", "fn"))
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_pred = ops.cast(ops.convert_to_tensor(y_pred) >= self.threshold, self.dtype)
+        y_true = ops.cast(ops.convert_to_tensor(y_true) >= 0.5, self.dtype)
+        w = ops.ones_like(y_pred)
+        if sample_weight is not None:  # one weight per image
+            sw = ops.cast(ops.convert_to_tensor(sample_weight), self.dtype)
+            w = w * ops.reshape(sw, (-1,) + (1,) * (len(y_pred.shape) - 1))
+        self.tp.assign_add(ops.sum(w * y_true * y_pred))
+        self.fp.assign_add(ops.sum(w * (1.0 - y_true) * y_pred))
+        self.fn.assign_add(ops.sum(w * y_true * (1.0 - y_pred)))
+
+    def result(self):
+        den = 2.0 * self.tp + self.fp + self.fn
+        return ops.where(den > 0, 2.0 * self.tp / ops.maximum(den, 1e-12), 1.0)
+
+    def get_config(self): return {**super().get_config(), "threshold": self.threshold}

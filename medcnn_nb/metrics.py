@@ -7,9 +7,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple, Sequence
 
-import keras
 import numpy as np
-from keras import ops
 from scipy import ndimage
 
 from .data.brats import REGIONS  # ("WT", "TC", "ET"): the channel order of the BraTS targets
@@ -17,8 +15,7 @@ from .data.brats import REGIONS  # ("WT", "TC", "ET"): the channel order of the 
 # %% auto #0
 __all__ = ['MIN_AREA', 'FULL_3D', 'CPM_LEVELS', 'Counts', 'binarize', 'confusion_counts', 'accuracy', 'sensitivity',
            'specificity', 'dice', 'case_groups', 'per_case', 'nanmean', 'slice_detection', 'CaseDetections',
-           'case_detections', 'nodule_detection', 'froc', 'cpm', 'surface', 'hd95', 'DiceMetric', 'evaluate_lidc',
-           'evaluate_brats']
+           'case_detections', 'nodule_detection', 'froc', 'cpm', 'surface', 'hd95', 'evaluate_lidc', 'evaluate_brats']
 
 # %% ../nbs/05a_metrics.ipynb #a30634be
 def _ratio(num, den) -> float:
@@ -41,6 +38,7 @@ class Counts(NamedTuple):
         den = 2 * self.tp + self.fp + self.fn
         return 2 * self.tp / den if den else 1.0  # both empty: a perfect match
 
+# %% ../nbs/05a_metrics.ipynb #cba55fc5
 def binarize(x,                      # probabilities, booleans or integer labels
              threshold: float = 0.5  # probabilities >= threshold are positive
             ) -> np.ndarray:
@@ -55,6 +53,7 @@ def _check_same_shape(pred, truth):
     if pred.shape != truth.shape:
         raise ValueError(f"prediction and truth shapes differ: {pred.shape} vs {truth.shape}")
 
+# %% ../nbs/05a_metrics.ipynb #e6c2f6bf
 def confusion_counts(pred, truth,          # masks of the same shape (probabilities, bool or 0/1)
                      roi=None,             # optional bool mask (broadcastable): count only inside it
                      threshold: float = 0.5 # for probabilities in `pred`
@@ -159,6 +158,7 @@ def case_detections(prob,                  # (z, y, x) probabilities or mask of 
     hits = [pairs[1, pairs[0] == i] for i in range(1, k + 1)]
     return CaseDetections(scores, hits, int(n))
 
+# %% ../nbs/05a_metrics.ipynb #0e50d7fa
 def _nodule_scores(detections: Sequence[CaseDetections]):
     "The best score that finds each true nodule (-inf: never found) and the scores of the false positives."
     best, fps = [], []
@@ -179,6 +179,7 @@ def nodule_detection(detections: Sequence[CaseDetections], # one per scan, from 
     return {"nodules": int(best.size), "detected": found, "false_positives": false_pos, "scans": scans,
             "sensitivity": _ratio(found, best.size), "fp_per_scan": _ratio(false_pos, scans)}
 
+# %% ../nbs/05a_metrics.ipynb #e18bd121
 def froc(detections: Sequence[CaseDetections]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "FROC curve: (false positives per scan, sensitivity, score threshold), starting at (0, 0, inf)."
     best, fps = _nodule_scores(detections)
@@ -234,33 +235,6 @@ def hd95(pred, truth,          # masks of one case, same shape (probabilities, b
     d_pt = ndimage.distance_transform_edt(~st, sampling=sampling)[sp]
     d_tp = ndimage.distance_transform_edt(~sp, sampling=sampling)[st]
     return float(np.percentile(np.concatenate([d_pt, d_tp]), percentile))
-
-# %% ../nbs/05a_metrics.ipynb #ec30e488
-@keras.saving.register_keras_serializable(package="medcnn_nb")
-class DiceMetric(keras.metrics.Metric):
-    "Dice of thresholded predictions, pooled over every pixel seen since the last reset (empty: 1)."
-    def __init__(self, threshold: float = 0.5, # probabilities >= threshold are positive
-                 name: str = "dice", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.threshold = float(threshold)
-        self.tp, self.fp, self.fn = (self.add_variable(shape=(), initializer="zeros", name=n) for n in ("tp", "fp", "fn"))
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        y_pred = ops.cast(ops.convert_to_tensor(y_pred) >= self.threshold, self.dtype)
-        y_true = ops.cast(ops.convert_to_tensor(y_true) >= 0.5, self.dtype)
-        w = ops.ones_like(y_pred)
-        if sample_weight is not None:  # one weight per image
-            sw = ops.cast(ops.convert_to_tensor(sample_weight), self.dtype)
-            w = w * ops.reshape(sw, (-1,) + (1,) * (len(y_pred.shape) - 1))
-        self.tp.assign_add(ops.sum(w * y_true * y_pred))
-        self.fp.assign_add(ops.sum(w * (1.0 - y_true) * y_pred))
-        self.fn.assign_add(ops.sum(w * y_true * (1.0 - y_pred)))
-
-    def result(self):
-        den = 2.0 * self.tp + self.fp + self.fn
-        return ops.where(den > 0, 2.0 * self.tp / ops.maximum(den, 1e-12), 1.0)
-
-    def get_config(self): return {**super().get_config(), "threshold": self.threshold}
 
 # %% ../nbs/05a_metrics.ipynb #f3961989
 def _fold_arrays(pred, truth, case_ids, channels: int | None):

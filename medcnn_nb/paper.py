@@ -7,66 +7,40 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
-import shutil
 import sys
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from .config import (Config, NativeStderrFilter, OutputLayout, add_config_args, config_from_args, env_report,
                               git_commit, versions, write_json)
+from .data.core import DataError, data_fingerprint
+from .datasets import DATASETS, ensure_phantoms, get_dataset, validate_dataset, validation_summary
+from .experiments import ABLATION, TABLE_VARIANTS
+from .report import NO_BROWSER, chrome_path
 
 # %% auto #0
-__all__ = ['experiments_dir', 'phantom_settings', 'ensure_phantoms', 'run_notebook', 'run_jobs', 'plan', 'FoldProgress',
-           'prepare_outputs', 'check_data', 'write_manifest', 'print_products', 'png_note', 'main', 'run']
+__all__ = ['experiments_dir', 'run_notebook', 'run_jobs', 'plan', 'FoldProgress', 'prepare_outputs', 'check_data',
+           'write_manifest', 'print_products', 'png_note', 'given_folders', 'data_folders', 'main', 'run']
 
 # %% ../nbs/06b_paper.ipynb #46f4ed73
 def experiments_dir() -> Path:
-    "The folder holding `lidc.ipynb`, `brats.ipynb` and `paper.ipynb`."
+    "The folder holding `experiment.ipynb` and `paper.ipynb`."
     env, module = os.environ.get("MEDCNN_EXPERIMENTS"), globals().get("__file__")
     # medcnn_nb/paper.py -> nbs/experiments; in the chapter itself (no __file__) the cwd is nbs/
     here = Path(env) if env else Path(module).resolve().parents[1] / "nbs" / "experiments" if module else Path.cwd() / "experiments"
     if not (here / "paper.ipynb").exists():
         raise FileNotFoundError(f"{here}: the experiment notebooks are not there; run from a checkout of medcnn_nb "
-                                "or set MEDCNN_EXPERIMENTS to the folder holding lidc/brats/paper.ipynb")
+                                "or set MEDCNN_EXPERIMENTS to the folder holding experiment.ipynb and paper.ipynb")
     return here
 
-# %% ../nbs/06b_paper.ipynb #50a64100
-def phantom_settings(dataset: str, cfg: Config) -> dict:
-    "The settings that determine a phantom dataset (its folder name is derived from them)."
-    if dataset == "lidc":
-        return dict(patients=cfg.lidc_patients, size=cfg.lidc_size, slices=cfg.lidc_slices, seed=cfg.seed)
-    if dataset == "brats":
-        return dict(patients=cfg.brats_patients, size=cfg.brats_size, slices=cfg.brats_slices, seed=cfg.seed,
-                    year=cfg.brats_year)
-    raise ValueError(f"unknown dataset {dataset!r}: choose 'lidc' or 'brats'")
-
-def ensure_phantoms(dataset: str,          # "lidc" or "brats"
-                    cfg: Config,           # its phantom_* fields and seed decide the data
-                    root: str | Path       # e.g. data/phantoms
-                   ) -> Path:
-    "The folder of the phantom dataset for `cfg`, generated when missing."
-    settings = phantom_settings(dataset, cfg)
-    folder = Path(root) / (dataset + "_" + "_".join(f"{k}{v}" for k, v in settings.items()))
-    marker = folder / ".complete.json"
-    if marker.exists(): return folder
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True); shutil.rmtree(folder, ignore_errors=True)
-    t0 = time.perf_counter()
-    if dataset == "lidc":
-        from medcnn_nb.data.phantom_lidc import write_lidc_phantoms
-        write_lidc_phantoms(tmp, settings["patients"], settings["seed"], size=settings["size"], slices=settings["slices"])
-    else:
-        from medcnn_nb.data.phantom_brats import write_brats_phantoms
-        write_brats_phantoms(tmp, settings["patients"], settings["seed"], year=settings["year"], size=settings["size"],
-                             slices=settings["slices"])
-    write_json(tmp / ".complete.json", {**settings, "seconds": round(time.perf_counter() - t0, 2)})
-    tmp.rename(folder)
-    return folder
-
 # %% ../nbs/06b_paper.ipynb #aed33dd0
-def run_notebook(name: str,            # "lidc", "brats" or "paper"
+def run_notebook(name: str,            # "experiment" or "paper"
                  executed: str | Path, # where the executed copy goes
                  parameters: dict,     # values for the `parameters` cell
                  log_output: bool = False # stream the cells' output to the console
@@ -91,8 +65,6 @@ def run_jobs(jobs: list[dict], # papermill jobs from `plan`
     atomically and are the same for every job), so running two at once overlaps their start-up (kernel,
     imports, tracing), a third of a small job's time on a CPU. A failed job does not stop the others: what
     they compute is kept for `--resume`."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    import multiprocessing
     timings = {} if timings is None else timings
     label = lambda j: j["name"] if j["variant"] is None else f"{j['dataset']}/{j['variant']}"
     failed = []
@@ -112,32 +84,26 @@ def run_jobs(jobs: list[dict], # papermill jobs from `plan`
 
 # %% ../nbs/06b_paper.ipynb #b5290252
 def plan(cfg: Config,             # the run's configuration
-         data_dirs: dict,         # dataset -> data folder
+         data_dirs: dict,         # dataset -> data folder, for every dataset of the run
          out: str | Path          # the outputs base folder (profile folders inside)
         ) -> list[dict]:
-    "The papermill jobs, in order: {'name', 'executed', 'parameters', 'folds'}."
-    from medcnn_nb.train import ABLATION, VARIANTS
-    layout = OutputLayout.for_profile(cfg.profile, out)
-    overrides = json.dumps({k: v for k, v in cfg.to_dict().items() if k not in ("profile", "seed")})
+    "The papermill jobs, in order: {'name', 'executed', 'parameters', 'dataset', 'variant', 'folds'}."
+    layout, out = OutputLayout.for_profile(cfg.profile, out), str(Path(out).resolve())
     jobs = []
     def job(dataset, variant, folds):
-        jobs.append(dict(name=dataset, executed=layout.notebooks / f"{dataset}_{variant}.ipynb", folds=folds,
+        jobs.append(dict(name="experiment", executed=layout.notebooks / f"{dataset}_{variant}.ipynb", folds=folds,
                          dataset=dataset, variant=variant,
-                         parameters=dict(profile=cfg.profile, data_dir=str(Path(data_dirs[dataset]).resolve()),
-                                         variant=variant, folds=",".join(map(str, folds)),
-                                         out_dir=str(Path(out).resolve()), seed=cfg.seed, overrides=overrides,
-                                         verbose=2)))
-    # datasets alternate, so that parallel jobs (--jobs 2) build the two slice caches at the same time
-    for variant in ("unoptimised", "optimised"):
-        for dataset in ("lidc", "brats"): job(dataset, variant, list(range(cfg.folds)))
-    for dataset in cfg.ablation_datasets:
+                         parameters=dict(dataset=dataset, variant=variant, folds=",".join(map(str, folds)),
+                                         config=cfg.to_dict(), data_dir=str(Path(data_dirs[dataset]).resolve()),
+                                         out_dir=out, verbose=2)))
+    # datasets alternate, so that parallel jobs (--jobs 2) build the slice caches at the same time
+    for variant in TABLE_VARIANTS:
+        for dataset in data_dirs: job(dataset, variant, list(range(cfg.folds)))
+    for dataset in [d for d in cfg.ablation_datasets if d in data_dirs]:
         for variant in ABLATION:
-            if variant not in ("unoptimised", "optimised"):
-                job(dataset, variant, list(range(min(cfg.ablation_folds, cfg.folds))))
+            if variant not in TABLE_VARIANTS: job(dataset, variant, list(range(min(cfg.ablation_folds, cfg.folds))))
     jobs.append(dict(name="paper", executed=layout.notebooks / "paper.ipynb", folds=[], dataset=None, variant=None,
-                     parameters=dict(profile=cfg.profile, out_dir=str(Path(out).resolve()), seed=cfg.seed,
-                                     overrides=overrides, lidc_dir=str(data_dirs["lidc"]),
-                                     brats_dir=str(data_dirs["brats"]))))
+                     parameters=dict(config=cfg.to_dict(), out_dir=out, data={d: str(p) for d, p in data_dirs.items()})))
     return jobs
 
 # %% ../nbs/06b_paper.ipynb #6badf463
@@ -148,7 +114,6 @@ def _fold_files(cfg: Config, out, jobs) -> list[Path]:
 class FoldProgress:
     "A tqdm bar over the folds of the plan, updated from the files on disk every `every` seconds."
     def __init__(self, files: list[Path], every: float = 2.0, disable: bool = False):
-        from tqdm.auto import tqdm
         self.files, self.every = files, every
         self.bar = tqdm(total=len(files), desc="folds", unit="fold", disable=disable)
         self._stop = threading.Event()
@@ -179,17 +144,15 @@ def prepare_outputs(cfg: Config, out: str | Path, resume: bool) -> OutputLayout:
             print(f"earlier results moved to {aside} (pass --resume to continue them instead)")
     return layout.make()
 
-# %% ../nbs/06b_paper.ipynb #e2987c9b
+# %% ../nbs/06b_paper.ipynb #42582617
 def check_data(data_dirs: dict,       # dataset -> data folder
-               cfg: Config,           # the run's configuration (consensus level)
+               cfg: Config,           # the run's configuration (the datasets' reader knobs)
                strict: bool = False   # any skipped case is an error
               ) -> dict:
     "Load every case of every dataset once, before any training; print who is used and who is skipped (file, cause)."
-    from medcnn_nb.data.cli import validate_dataset, validation_summary
-    from medcnn_nb.data.core import DataError
     checks = {}
     for dataset, folder in data_dirs.items():
-        try: checks[dataset] = validate_dataset(dataset, folder, consensus=cfg.consensus)
+        try: checks[dataset] = validate_dataset(dataset, folder, cfg)
         except DataError as e:  # the folder itself is unusable (empty, no case in the naming)
             checks[dataset] = dict(dataset=dataset, folder=str(folder), loaded=[],
                                    skipped=[dict(case_id="(whole folder)", path=str(folder), cause=str(e))])
@@ -205,7 +168,6 @@ def check_data(data_dirs: dict,       # dataset -> data folder
 def write_manifest(layout: OutputLayout, cfg: Config, data_dirs: dict, timings: dict, started: float,
                    checks: dict | None = None) -> Path:
     "Write outputs/<profile>/manifest.json."
-    from medcnn_nb.data.core import data_fingerprint
     return write_json(layout.root / "manifest.json", dict(
         config=cfg.to_dict(), seed=cfg.seed, versions=versions(), git_commit=git_commit(experiments_dir()),
         data={d: dict(folder=str(p), fingerprint=data_fingerprint(p)) for d, p in data_dirs.items()},
@@ -224,7 +186,6 @@ def print_products(layout: OutputLayout) -> list[str]:
 
 def png_note(layout: OutputLayout) -> str | None:
     "One line when figures have no PNG (no browser for kaleido, or it failed): why, and how to get them."
-    from medcnn_nb.report import NO_BROWSER, chrome_path
     figures = json.loads((layout.root / "products.json").read_text()).get("figures", {})
     missing = [name for name, files in figures.items() if not any(str(f).endswith(".png") for f in files)]
     if not missing: return None
@@ -233,12 +194,13 @@ def png_note(layout: OutputLayout) -> str | None:
                                                f"browser {browser}; see the executed notebooks in {layout.notebooks}")
 
 # %% ../nbs/06b_paper.ipynb #65b3458a
-def main(argv=None) -> int:
-    "Entry point of `medcnn-paper`: run every experiment, then the aggregation; print the products."
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medcnn-paper", description="Regenerate every table and figure of the paper.")
     p.add_argument("--profile", default="teaching", choices=["smoke", "teaching", "paper"])
-    p.add_argument("--lidc", type=Path, help="LIDC-IDRI folder (default: generate phantoms)")
-    p.add_argument("--brats", type=Path, help="BraTS folder (default: generate phantoms)")
+    for spec in DATASETS.values():
+        p.add_argument(f"--{spec.name}", type=Path, help=f"{spec.title} folder (default: generate phantoms)")
+    p.add_argument("--data", action="append", default=[], metavar="NAME=DIR", help="a dataset's folder (repeatable)")
+    p.add_argument("--datasets", help="comma-separated datasets to run (default: the paper's, plus those given a folder)")
     p.add_argument("--out", type=Path, default=Path("outputs"), help="outputs base folder (default: outputs)")
     p.add_argument("--phantoms", type=Path, help="where phantoms are generated (default: data/phantoms beside --out)")
     p.add_argument("--resume", action="store_true", help="continue the runs in the output folder")
@@ -248,8 +210,36 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=None,
                    help="experiment notebooks run at the same time (default: 2 on a CPU with 2+ cores for the smoke "
                         "and teaching profiles, 1 for paper, whose jobs each want the whole GPU)")
-    add_config_args(p)
-    args = p.parse_args(argv)
+    return add_config_args(p)
+
+def given_folders(args) -> dict[str, Path | None]:
+    "Dataset -> the folder given for it (None: phantoms), for every dataset of the run; ValueError on bad input."
+    bad = [d for d in args.data if "=" not in d]
+    if bad: raise ValueError(f"--data expects NAME=DIR, got {bad}")
+    given = {spec.name: getattr(args, spec.name) for spec in DATASETS.values() if getattr(args, spec.name) is not None}
+    given.update({k: Path(v) for k, v in (d.split("=", 1) for d in args.data)})
+    names = ([n.strip() for n in args.datasets.split(",") if n.strip()] if args.datasets
+             else [s.name for s in DATASETS.values() if s.in_paper or s.name in given])
+    problems = [f"unknown dataset {n!r}: choose from {sorted(DATASETS)}" for n in [*names, *given] if n not in DATASETS]
+    problems += [f"--{n} {d}: not a folder" for n, d in given.items() if n in DATASETS and not d.is_dir()]
+    if problems: raise ValueError("; ".join(dict.fromkeys(problems)))
+    return {n: given.get(n) for n in names}
+
+# %% ../nbs/06b_paper.ipynb #8fc7c013
+def data_folders(given: dict, cfg: Config, phantoms: Path, timings: dict) -> dict[str, Path]:
+    "Dataset -> its data folder: the one given, or its phantoms (generated when missing)."
+    out = {}
+    for name, folder in given.items():
+        if folder is not None: out[name] = folder.resolve(); continue
+        t0 = time.perf_counter()
+        print(f"generating {name} phantoms ({get_dataset(name).phantom_settings(cfg)}) under {phantoms} ...", flush=True)
+        out[name] = ensure_phantoms(name, cfg, phantoms)
+        timings[f"phantoms_{name}"] = round(time.perf_counter() - t0, 1)
+    return out
+
+def main(argv=None) -> int:
+    "Entry point of `medcnn-paper`: run every experiment, then the aggregation; print the products."
+    args = _parser().parse_args(argv)
     if args.verbose: os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # before TensorFlow is imported here or in a kernel
     with NativeStderrFilter(enabled=not args.verbose):       # kernels and workers inherit the filtered stderr
         return run(args)
@@ -260,21 +250,13 @@ def run(args: argparse.Namespace # `medcnn-paper`'s parsed arguments
     started = time.perf_counter()
     try:
         cfg = config_from_args(args)
-        for name, d in (("--lidc", args.lidc), ("--brats", args.brats)):
-            if d is not None and not d.is_dir(): raise ValueError(f"{name} {d}: not a folder")
+        given = given_folders(args)
         layout = prepare_outputs(cfg, args.out, args.resume)
     except ValueError as e:
         print(f"medcnn-paper: {e}", file=sys.stderr); return 2
     print(f"medcnn-paper: profile {cfg.profile} -> {layout.root}\n{env_report()}")
-    timings, data_dirs = {}, {}
-    phantoms = args.phantoms or args.out.resolve().parent / "data" / "phantoms"
-    for dataset, given in (("lidc", args.lidc), ("brats", args.brats)):
-        if given is None:
-            t0 = time.perf_counter()
-            print(f"generating {dataset} phantoms ({phantom_settings(dataset, cfg)}) under {phantoms} ...", flush=True)
-            data_dirs[dataset] = ensure_phantoms(dataset, cfg, phantoms)
-            timings[f"phantoms_{dataset}"] = round(time.perf_counter() - t0, 1)
-        else: data_dirs[dataset] = given.resolve()
+    timings = {}
+    data_dirs = data_folders(given, cfg, args.phantoms or args.out.resolve().parent / "data" / "phantoms", timings)
     t0 = time.perf_counter()
     try: checks = check_data(data_dirs, cfg, args.strict)  # every case once, before any training
     except ValueError as e:
@@ -283,17 +265,15 @@ def run(args: argparse.Namespace # `medcnn-paper`'s parsed arguments
     write_manifest(layout, cfg, data_dirs, timings, started, checks)  # early, so --resume can check the config
     jobs = plan(cfg, data_dirs, args.out)
     workers = args.jobs or (min(2, os.cpu_count() or 1) if cfg.profile != "paper" else 1)
-    training = [j for j in jobs if j["variant"] is not None]
     with FoldProgress(_fold_files(cfg, args.out, jobs), disable=args.quiet):
-        failed = run_jobs(training, workers, timings)
+        failed = run_jobs([j for j in jobs if j["variant"] is not None], workers, timings)
         # the aggregation reads every fold, so it runs only once they are all there
         if not failed: failed = run_jobs([j for j in jobs if j["variant"] is None], 1, timings)
+    write_manifest(layout, cfg, data_dirs, timings, started, checks)
     if failed:
         for name, error in failed: print(f"medcnn-paper: {name}: {error}", file=sys.stderr)
-        write_manifest(layout, cfg, data_dirs, timings, started, checks)
         print("finished folds are kept; rerun with --resume to continue", file=sys.stderr)
         return 1
-    write_manifest(layout, cfg, data_dirs, timings, started, checks)
     print(f"\ndone in {time.perf_counter() - started:.0f} s; tables and figures:")
     print_products(layout)
     if note := png_note(layout): print(note)

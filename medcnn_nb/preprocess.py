@@ -13,18 +13,19 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
+from tqdm.auto import tqdm
 
-from .config import Config, OutputLayout, temp_name, write_json
+from .config import temp_name, write_json
 from .data.core import DataError, data_fingerprint
 
 # %% auto #0
 __all__ = ['MRI_PERCENTILES', 'BODY_HU', 'CACHE_VERSION', 'ARRAYS', 'window_ct', 'normalise_mri', 'body_mask', 'square_box',
-           'crop_box', 'resize_slices', 'resample_inplane', 'preprocess_ct', 'axial', 'preprocess_mri', 'patient_id',
-           'SliceSet', 'preprocess_params', 'cache_key', 'open_cache', 'load_slices', 'training_indices']
+           'crop_box', 'resize_slices', 'resample_inplane', 'preprocess_ct', 'axial', 'preprocess_mri', 'SliceSet',
+           'cache_key', 'open_cache', 'cached_slices', 'training_indices']
 
 # %% ../nbs/02f_preprocess.ipynb #57bcdbbf
 def window_ct(hu: np.ndarray,                # CT intensities in Hounsfield units, any shape
@@ -181,13 +182,6 @@ def preprocess_mri(image: np.ndarray,      # (x, y, z, C) modalities in RAS+
 CACHE_VERSION = 1  # bump when the preprocessing code changes what it writes
 ARRAYS = ("images", "masks", "roi", "slice_index", "positive")
 
-def patient_id(case_id: str) -> str:
-    "The patient a case belongs to: `LIDC-IDRI-0001#2` (second series) and `BraTS-GLI-00001-001` (second time point) map to their patient."
-    pid = case_id.split("#")[0]
-    parts = pid.split("-")
-    if pid.startswith("BraTS-") and len(parts) == 4 and parts[-1].isdigit(): pid = "-".join(parts[:3])
-    return pid
-
 @dataclass
 class SliceSet:
     "Every axial slice of a dataset, preprocessed; arrays are memory maps when opened from the cache."
@@ -198,7 +192,7 @@ class SliceSet:
     slice_index: np.ndarray  # (N,) int: the slice's index in its volume
     positive: np.ndarray     # (N,) bool: the mask has a pixel
     spacing: dict            # case_id -> (z, y, x) mm after resizing
-    dataset: str = ""        # "lidc" or "brats"
+    dataset: str = ""        # the dataset's name (its definition in `medcnn_nb.datasets`)
     fingerprint: str = ""    # `data_fingerprint` of the source folder
     key: str = ""            # the cache key
     path: Path | None = None # the cache folder it was opened from
@@ -229,46 +223,15 @@ class SliceSet:
             for name in ("images", "masks", "roi"): setattr(self, name, np.load(self.path / f"{name}.npy", mmap_mode="r"))
 
 # %% ../nbs/02f_preprocess.ipynb #2fb8fd9b
-def preprocess_params(dataset: str, cfg: Config, target_spacing: float | None = None) -> dict:
-    "The settings that change the cached slices of `dataset` (and nothing else)."
-    if dataset == "lidc":
-        return dict(image_size=cfg.image_size, hu_window=[float(v) for v in cfg.hu_window], consensus=float(cfg.consensus),
-                    target_spacing=target_spacing, body_threshold=BODY_HU)
-    if dataset == "brats": return dict(image_size=cfg.image_size, percentiles=list(MRI_PERCENTILES))
-    raise ValueError(f"dataset must be 'lidc' or 'brats', got {dataset!r}")
-
 def cache_key(dataset: str, fingerprint: str, params: dict) -> str:
     "Hash of what the cached slices depend on."
     blob = json.dumps(dict(version=CACHE_VERSION, dataset=dataset, fingerprint=fingerprint, params=params), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-# %% ../nbs/02f_preprocess.ipynb #950ec1ba
-def _lidc_cases(data_dir: Path, params: dict, problems: list):
-    from medcnn_nb.data.lidc import find_lidc_cases, load_lidc_case
-    seen: dict[str, int] = {}
-    for series_dir in find_lidc_cases(data_dir):
-        try: case = load_lidc_case(series_dir, consensus=params["consensus"])
-        except DataError as e: problems.append(str(e)); continue
-        seen[case.case_id] = seen.get(case.case_id, 0) + 1  # a patient's second series gets "#2"
-        cid = case.case_id if seen[case.case_id] == 1 else f"{case.case_id}#{seen[case.case_id]}"
-        yield cid, preprocess_ct(case.hu, case.spacing, case.consensus_mask, params["image_size"], params["hu_window"],
-                                 params["target_spacing"], params["body_threshold"])
-
-def _brats_cases(data_dir: Path, params: dict, problems: list):
-    from medcnn_nb.data.brats import find_brats_cases, load_brats_case, regions
-    for case_dir in find_brats_cases(data_dir):
-        try: case = load_brats_case(case_dir)
-        except DataError as e: problems.append(str(e)); continue
-        if case.seg is None: problems.append(f"{case_dir}: no segmentation, cannot be used for training"); continue
-        zooms = np.sqrt((np.asarray(case.affine)[:3, :3] ** 2).sum(axis=0))
-        yield case.case_id, preprocess_mri(case.image, case.brain_mask, regions(case.seg), zooms, params["image_size"],
-                                           params["percentiles"])
-
 # %% ../nbs/02f_preprocess.ipynb #9088c7fb
-def _build_cache(dataset: str, data_dir: Path, params: dict, tmp: Path, progress: bool) -> dict:
-    from tqdm.auto import tqdm
+def _build_cache(dataset: str, data_dir: Path, params: dict, cases: Callable, tmp: Path, progress: bool) -> dict:
     problems: list[str] = []
-    cases = _lidc_cases(data_dir, params, problems) if dataset == "lidc" else _brats_cases(data_dir, params, problems)
+    cases = cases(data_dir, params, problems)
     parts, meta_cases, start = [], [], 0
     for i, (cid, arrays) in enumerate(tqdm(cases, desc=f"preprocessing {dataset}", unit="case", disable=not progress)):
         z = len(arrays["images"])
@@ -287,7 +250,7 @@ def _build_cache(dataset: str, data_dir: Path, params: dict, tmp: Path, progress
         out.flush(); del out
     return dict(cases=meta_cases, problems=problems)
 
-def open_cache(path: str | Path # a cache folder written by `load_slices`
+def open_cache(path: str | Path # a cache folder written by `cached_slices`
               ) -> SliceSet:
     "The `SliceSet` stored in `path`, its large arrays memory-mapped (read-only)."
     path = Path(path)
@@ -305,26 +268,24 @@ def _complete(path: Path, key: str) -> bool:
     return meta.get("key") == key and all((path / f"{name}.npy").is_file() for name in ARRAYS)
 
 # %% ../nbs/02f_preprocess.ipynb #1ef6d143
-def load_slices(dataset: str,               # "lidc" or "brats"
-                data_dir: str | Path,       # the dataset folder (real data or phantoms)
-                cfg: Config,                # the run's configuration (its preprocessing fields)
-                cache_dir: str | Path | None = None, # where caches live; default `OutputLayout(...).cache`
-                target_spacing: float | None = None, # CT: resample in-plane to this spacing (mm) first
-                progress: bool = True       # show a progress bar while building
-               ) -> SliceSet:
+def cached_slices(dataset: str,         # the dataset's name (names the cache folder)
+                  data_dir: str | Path, # the dataset folder (real data or phantoms)
+                  params: dict,         # the preprocessing settings (JSON-ready): part of the cache key
+                  cases: Callable,      # cases(data_dir, params, problems) -> iterator of (case_id, arrays)
+                  cache_dir: str | Path, # where caches live, e.g. `OutputLayout(...).cache`
+                  progress: bool = True # show a progress bar while building
+                 ) -> SliceSet:
     "Every axial slice of every case, preprocessed, from the on-disk cache (built on the first call)."
-    data_dir = Path(data_dir)
-    params = preprocess_params(dataset, cfg, target_spacing)
+    data_dir, cache_dir = Path(data_dir), Path(cache_dir)
     fingerprint = data_fingerprint(data_dir)
     key = cache_key(dataset, fingerprint, params)
-    cache_dir = Path(cache_dir) if cache_dir is not None else OutputLayout.for_profile(cfg.profile).cache
     final = cache_dir / f"{dataset}-{key}"
     if _complete(final, key): return open_cache(final)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(final); tmp.mkdir()  # mode 0777 minus the umask (mkdtemp would give 0700)
     try:
         t0 = time.perf_counter()
-        meta = _build_cache(dataset, data_dir, params, tmp, progress)
+        meta = _build_cache(dataset, data_dir, params, cases, tmp, progress)
         write_json(tmp / "meta.json", dict(meta, version=CACHE_VERSION, dataset=dataset, key=key, fingerprint=fingerprint,
                                            params=params, data_dir=str(data_dir), build_seconds=time.perf_counter() - t0))
         if final.exists() and not _complete(final, key): shutil.rmtree(final, ignore_errors=True)  # a damaged cache

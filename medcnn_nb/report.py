@@ -14,75 +14,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+from scipy import stats
 
 from .config import atomic_write
+from .datasets import Row, get_dataset
 
 # %% auto #0
-__all__ = ['PAPER_CLAIMS', 'TABLE_ROWS', 'TABLE_CAPTIONS', 'VARIANT_COLUMNS', 'ABLATION_KEYS', 'NO_BROWSER', 'PLOTLY_JS', 'Row',
-           'summarise', 'verdict', 'load_fold_metrics', 'results_table', 'display_table', 'markdown_table',
-           'count_rows', 'write_table', 'ablation_table', 'display_ablation', 'chrome_path', 'write_plotly_js',
+__all__ = ['VARIANT_COLUMNS', 'NO_BROWSER', 'PLOTLY_JS', 'summarise', 'verdict', 'load_fold_metrics', 'results_table',
+           'display_table', 'write_table', 'ablation_table', 'display_ablation', 'chrome_path', 'write_plotly_js',
            'figure_html', 'save_figure', 'figure3', 'pipeline_figure', 'overlay_figure']
-
-# %% ../nbs/06a_report.ipynb #811a74a9
-PAPER_CLAIMS: dict[str, dict[str, dict[str, float]]] = {
-    "lidc": {"unoptimised": dict(accuracy=0.896, sensitivity=0.857, specificity=0.910, dice=0.812),
-             "optimised":   dict(accuracy=0.952, sensitivity=0.935, specificity=0.968, dice=0.894)},
-    "brats": {"unoptimised": dict(accuracy=0.873, sensitivity=0.814, specificity=0.902, dice=0.768),
-              "optimised":   dict(accuracy=0.941, sensitivity=0.912, specificity=0.956, dice=0.885)},
-}
-"The paper's Table 1 (LIDC-IDRI) and Table 2 (BraTS): dataset -> variant -> metric -> value."
-
-# %% ../nbs/06a_report.ipynb #6bb80c78
-@dataclass(frozen=True)
-class Row:
-    "One row of a results table."
-    label: str               # what the row is called in the table
-    key: str                 # the key in a fold's metrics.json
-    claim: str | None = None # the paper's metric it is compared with, or None for our extra rows
-    percent: bool = True     # shown as a percentage (rates) or as a plain number (Dice, FP/scan, HD95)
-
-TABLE_ROWS: dict[str, list[Row]] = {
-    "lidc": [Row("Accuracy (slice-level)", "slice_accuracy", "accuracy"),
-             Row("Sensitivity (slice-level)", "slice_sensitivity", "sensitivity"),
-             Row("Specificity (slice-level)", "slice_specificity", "specificity"),
-             Row("Dice (per case, 3D)", "dice_case", "dice", percent=False),
-             Row("extra: Dice (per positive slice)", "dice_slice", percent=False),
-             Row("extra: pixel accuracy", "pixel_accuracy"),
-             Row("extra: pixel specificity", "pixel_specificity"),
-             Row("extra: nodule sensitivity", "nodule_sensitivity"),
-             Row("extra: false positives per scan", "fp_per_scan", percent=False),
-             Row("extra: CPM (FROC)", "cpm", percent=False)],
-    "brats": [Row("Accuracy (voxel, WT, in brain)", "voxel_accuracy", "accuracy"),
-              Row("Sensitivity (voxel, WT, in brain)", "voxel_sensitivity", "sensitivity"),
-              Row("Specificity (voxel, WT, in brain)", "voxel_specificity", "specificity"),
-              Row("Dice WT (per case)", "dice_wt", "dice", percent=False),
-              Row("extra: Dice TC (per case)", "dice_tc", percent=False),
-              Row("extra: Dice ET (per case)", "dice_et", percent=False),
-              Row("extra: HD95 WT (mm, resized slices)", "hd95_wt", percent=False)],
-}
-
-TABLE_CAPTIONS: dict[str, str] = {
-    "lidc": ("Table 1 - LIDC-IDRI, unoptimised vs optimised, {folds}-fold patient-level cross-validation "
-             "on {data}. Ours: mean ± sd over folds [95 % CI, t distribution]; 'paper' columns: the paper's "
-             "Table 1, shown only for comparison. Definitions: accuracy, sensitivity and specificity are "
-             "slice-level detection over all axial slices of the validation patients (a slice is positive "
-             "when it holds consensus-nodule pixels, >= 50 % of the readers); Dice is the 3D Dice per "
-             "patient with a nodule, averaged. Rows marked 'extra' are ours, not in the paper; pixel-level "
-             "rates are dominated by background. Verdict: is the paper's value inside our CI?"),
-    "brats": ("Table 2 - BraTS, unoptimised vs optimised, {folds}-fold patient-level cross-validation on "
-              "{data}. Ours: mean ± sd over folds [95 % CI, t distribution]; 'paper' columns: the paper's "
-              "Table 2, shown only for comparison. Definitions: accuracy, sensitivity and specificity are "
-              "voxel-level for the whole tumour (WT) inside the brain mask, over all axial slices of the "
-              "validation cases; Dice is the WT Dice per case, averaged. Rows marked 'extra' are ours (TC, "
-              "ET, and the HD95 of WT in mm on the resized slices). Verdict: is the paper's value inside our CI?"),
-}
 
 # %% ../nbs/06a_report.ipynb #7474dabb
 def summarise(values,                  # one number per fold (NaN/None: undefined on that fold)
               confidence: float = 0.95 # coverage of the interval for the mean
              ) -> dict:
     "Mean, sample sd (ddof=1), the t confidence interval of the mean, and n (finite values only)."
-    from scipy import stats
     x = np.array([np.nan if v is None else v for v in values], dtype=float)
     x = x[np.isfinite(x)]
     n = len(x)
@@ -107,7 +55,7 @@ def verdict(claim: float | None, # the paper's value
 
 # %% ../nbs/06a_report.ipynb #497e88fb
 def load_fold_metrics(runs_dir: str | Path, # outputs/<profile>/runs
-                      dataset: str,         # "lidc" or "brats"
+                      dataset: str,         # a registered dataset's name
                       variant: str          # e.g. "unoptimised"
                      ) -> list[dict]:
     "The metrics dicts of the finished folds of one variant, in fold order."
@@ -118,14 +66,14 @@ def load_fold_metrics(runs_dir: str | Path, # outputs/<profile>/runs
 # %% ../nbs/06a_report.ipynb #fc4adbd6
 VARIANT_COLUMNS = ("unoptimised", "optimised")
 
-def results_table(dataset: str,          # "lidc" or "brats"
+def results_table(dataset: str,          # a registered dataset's name
                   fold_metrics: dict,    # variant -> list of per-fold metrics dicts
-                  rows: list[Row] | None = None, # default: TABLE_ROWS[dataset]
-                  claims: dict | None = None     # default: PAPER_CLAIMS[dataset]
+                  rows: list[Row] | None = None, # default: the dataset's rows
+                  claims: dict | None = None     # default: the dataset's claims (the paper's table)
                  ) -> pd.DataFrame:
     "One row per metric; per variant: mean, sd, CI, n, the paper's value and the verdict."
-    rows = TABLE_ROWS[dataset] if rows is None else rows
-    claims = PAPER_CLAIMS.get(dataset, {}) if claims is None else claims
+    rows = get_dataset(dataset).rows if rows is None else rows
+    claims = get_dataset(dataset).claims if claims is None else claims
     out = []
     for row in rows:
         rec = {"metric": row.label, "key": row.key, "percent": row.percent}
@@ -160,23 +108,6 @@ def display_table(table: pd.DataFrame,  # from `results_table`
     return out
 
 # %% ../nbs/06a_report.ipynb #90b6b544
-def markdown_table(df: pd.DataFrame) -> str:
-    "A GitHub pipe table of `df` (cells converted with `str`, pipes escaped)."
-    cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")
-    lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |",
-             "|" + "|".join("---" for _ in df.columns) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-def count_rows(page: str) -> int:
-    "Number of `<tr>` rows in an HTML page (stdlib parser: a check that the HTML parses)."
-    from html.parser import HTMLParser
-    class P(HTMLParser):
-        rows = 0
-        def handle_starttag(self, tag, attrs): self.rows += tag == "tr"
-    p = P(); p.feed(page); p.close()
-    return p.rows
-
 def write_table(numeric: pd.DataFrame,  # the numbers (written to CSV)
                 shown: pd.DataFrame,    # the formatted table (Markdown, HTML)
                 caption: str,           # what the table shows and how each metric is defined
@@ -186,7 +117,7 @@ def write_table(numeric: pd.DataFrame,  # the numbers (written to CSV)
     "Write `<name>.csv`, `<name>.md` and `<name>.html`; return their paths."
     out_dir = Path(out_dir)
     paths = {"csv": atomic_write(out_dir / f"{name}.csv", numeric.to_csv(index=False)),
-             "md": atomic_write(out_dir / f"{name}.md", f"{caption}\n\n{markdown_table(shown)}")}
+             "md": atomic_write(out_dir / f"{name}.md", f"{caption}\n\n{shown.to_markdown(index=False)}\n")}
     body = shown.to_html(index=False, border=0, classes="medcnn-table", na_rep="-")
     page = (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(name)}</title>"
             "<style>table{border-collapse:collapse;font-family:sans-serif;font-size:13px}"
@@ -197,17 +128,12 @@ def write_table(numeric: pd.DataFrame,  # the numbers (written to CSV)
     return paths
 
 # %% ../nbs/06a_report.ipynb #2c4fa053
-ABLATION_KEYS: dict[str, tuple[str, ...]] = {
-    "lidc": ("dice_case", "slice_sensitivity", "slice_specificity", "slice_accuracy"),
-    "brats": ("dice_wt", "voxel_sensitivity", "voxel_specificity", "voxel_accuracy"),
-}
-
-def ablation_table(dataset: str,       # "lidc" or "brats"
+def ablation_table(dataset: str,       # a registered dataset's name
                    fold_metrics: dict, # variant (in the ablation's order) -> list of fold metrics
-                   keys=None           # metric keys; default ABLATION_KEYS[dataset]
+                   keys=None           # metric keys; default: the dataset's `ablation_keys`
                   ) -> pd.DataFrame:
     "One row per variant: n folds and mean, sd per metric key."
-    keys = ABLATION_KEYS[dataset] if keys is None else keys
+    keys = get_dataset(dataset).ablation_keys if keys is None else keys
     out = []
     for variant, folds in fold_metrics.items():
         rec = {"dataset": dataset, "variant": variant, "folds": len(folds)}
@@ -293,14 +219,11 @@ def figure3(tables: dict[str, pd.DataFrame], # dataset -> `results_table`
             variants=VARIANT_COLUMNS          # bar groups, in order
            ):
     "Plotly grouped bars (ours, ±sd) with the paper's values marked, one panel per dataset."
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-    names = {"lidc": "LIDC-IDRI", "brats": "BraTS"}
-    fig = make_subplots(rows=1, cols=len(tables), subplot_titles=[names.get(d, d) for d in tables],
+    fig = make_subplots(rows=1, cols=len(tables), subplot_titles=[get_dataset(d).title for d in tables],
                         shared_yaxes=True)
     colours = {"unoptimised": "#9aa5b1", "optimised": "#1f77b4"}
     for col, (dataset, table) in enumerate(tables.items(), start=1):
-        claimed = {r.key: r.claim for r in TABLE_ROWS[dataset] if r.claim}
+        claimed = {r.key: r.claim for r in get_dataset(dataset).rows if r.claim}
         t = table[table["key"].isin(list(claimed))]
         x = [claimed[k].capitalize() for k in t["key"]]
         for v in variants:
@@ -325,7 +248,6 @@ def pipeline_figure(steps: list[tuple[str, str]], # (stage, description) in orde
                     highlight=()                 # stages drawn in the accent colour (what changed)
                    ):
     "A left-to-right flow chart of boxes and arrows (plotly shapes and annotations)."
-    import plotly.graph_objects as go
     fig = go.Figure()
     w, gap = 1.0, 0.35
     for i, (stage, text) in enumerate(steps):
@@ -352,8 +274,6 @@ def overlay_figure(images: np.ndarray, # (n, H, W) slices in [0, 1]
                    titles=None,        # one title per slice
                    title: str = "validation slices: green = ground truth, red = prediction"):
     "Images side by side with the truth (green) and prediction (red) blended in."
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
     n = len(images)
     fig = make_subplots(rows=1, cols=max(n, 1), subplot_titles=list(titles) if titles is not None else None,
                         horizontal_spacing=0.01)

@@ -8,19 +8,21 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
 
 from .config import write_json
-from .preprocess import SliceSet, patient_id
+from .preprocess import SliceSet
 
 # %% auto #0
 __all__ = ['assert_no_leak', 'patient_folds', 'load_or_make_folds']
 
 # %% ../nbs/02g_splits.ipynb #9f7a873b
 def assert_no_leak(train_cases: Sequence[str], # case ids used for training
-                   val_cases: Sequence[str]    # case ids used for validation
+                   val_cases: Sequence[str],   # case ids used for validation
+                   patient_id: Callable[[str], str] = str # the dataset's case -> patient rule
                   ) -> None:
     "Raise `ValueError` when a patient has cases on both sides of the split."
     both = sorted({patient_id(c) for c in train_cases} & {patient_id(c) for c in val_cases})
@@ -30,10 +32,10 @@ def assert_no_leak(train_cases: Sequence[str], # case ids used for training
 def patient_folds(case_ids: Sequence[str],   # one id per case
                   has_positive: Sequence[bool], # per case: whether it has any positive slice
                   k: int = 5,                # number of folds (paper: 5)
-                  seed: int = 0              # shuffles patients before the assignment
+                  seed: int = 0,             # shuffles patients before the assignment
+                  patient_id: Callable[[str], str] = str # the dataset's case -> patient rule
                  ) -> list[dict]:
     "`k` folds `{'fold', 'train', 'val'}` of case ids, grouped by patient, stratified by `has_positive`."
-    from sklearn.model_selection import StratifiedGroupKFold
     case_ids, y = [str(c) for c in case_ids], np.asarray(has_positive, bool)
     if len(case_ids) != len(y): raise ValueError(f"{len(case_ids)} case ids but {len(y)} has_positive flags")
     if len(set(case_ids)) != len(case_ids): raise ValueError("case ids must be unique (one entry per case)")
@@ -53,7 +55,7 @@ def patient_folds(case_ids: Sequence[str],   # one id per case
             val_patients = {patients[j] for j in va}
             val = sorted(c for c in case_ids if patient_id(c) in val_patients)
             train = sorted(c for c in case_ids if patient_id(c) not in val_patients)
-            assert_no_leak(train, val)
+            assert_no_leak(train, val, patient_id)
             folds.append({"fold": i, "train": train, "val": val})
     return folds
 
@@ -61,7 +63,8 @@ def patient_folds(case_ids: Sequence[str],   # one id per case
 def load_or_make_folds(path: str | Path,    # the fold JSON, e.g. `runs/<dataset>/folds.json`
                        sliceset: SliceSet,  # the dataset's slices (case ids and positives)
                        k: int = 5,          # number of folds
-                       seed: int = 0        # seed of a new assignment
+                       seed: int = 0,       # seed of a new assignment
+                       patient_id: Callable[[str], str] = str # the dataset's case -> patient rule
                       ) -> list[dict]:
     "The folds saved at `path`, or new patient-level folds written there; every fold checked for leaks."
     path = Path(path)
@@ -79,10 +82,10 @@ def load_or_make_folds(path: str | Path,    # the fold JSON, e.g. `runs/<dataset
                              "delete the file or use a new run folder")
         folds = saved["folds"]
     else:
-        folds = patient_folds(cases, [has[c] for c in cases], k, seed)
+        folds = patient_folds(cases, [has[c] for c in cases], k, seed, patient_id)
         write_json(path, dict(k=k, seed=seed, dataset=sliceset.dataset, fingerprint=sliceset.fingerprint,
                               cases=cases, folds=folds))
     for f in folds:
-        assert_no_leak(f["train"], f["val"])
+        assert_no_leak(f["train"], f["val"], patient_id)
         if sorted(f["train"] + f["val"]) != cases: raise ValueError(f"{path}: fold {f['fold']} does not cover every case once")
     return folds

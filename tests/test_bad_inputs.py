@@ -17,7 +17,7 @@ import pydicom
 import pytest
 
 from medcnn_nb.data.brats import brats_layout, find_brats_cases
-from medcnn_nb.data.cli import data_main, validate_dataset, validation_summary
+from medcnn_nb.datasets import data_main, validate_dataset, validation_summary
 from medcnn_nb.data.core import printable
 from medcnn_nb.data.lidc import find_lidc_cases
 from medcnn_nb.data.phantom_brats import write_brats_phantoms

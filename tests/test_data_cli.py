@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medcnn_nb.data.cli import data_main, phantom_main
+from medcnn_nb.datasets import data_main, phantom_main
 from medcnn_nb.data.lidc import find_lidc_cases, parse_lidc_xml
 
 

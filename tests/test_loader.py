@@ -6,7 +6,8 @@ import pytest
 
 from medcnn_nb.config import get_config
 from medcnn_nb.loader import SliceLoader
-from medcnn_nb.preprocess import load_slices, training_indices
+from medcnn_nb.datasets import load_slices
+from medcnn_nb.preprocess import training_indices
 
 
 @pytest.fixture(scope="module")

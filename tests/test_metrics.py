@@ -9,7 +9,8 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
-from medcnn_nb.metrics import (CPM_LEVELS, Counts, DiceMetric, accuracy, binarize, case_detections, case_groups,
+from medcnn_nb.losses import DiceMetric
+from medcnn_nb.metrics import (CPM_LEVELS, Counts, accuracy, binarize, case_detections, case_groups,
                                confusion_counts, cpm, dice, evaluate_brats, evaluate_lidc, froc, hd95, nanmean,
                                nodule_detection, per_case, sensitivity, slice_detection, specificity, surface)
 

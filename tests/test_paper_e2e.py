@@ -69,6 +69,16 @@ def smoke_run(work):
     return base / "outputs" / "smoke", run.stdout, run.stderr
 
 
+def count_rows(page: str) -> int:
+    "Number of `<tr>` rows in an HTML page (the stdlib parser: a check that the HTML parses)."
+    from html.parser import HTMLParser
+    class P(HTMLParser):
+        rows = 0
+        def handle_starttag(self, tag, attrs): self.rows += tag == "tr"
+    p = P(); p.feed(page); p.close()
+    return p.rows
+
+
 def _fold_dirs(root: Path):
     return sorted(p.parent for p in (root / "runs").glob("*/*/fold*/state.json"))
 
@@ -168,7 +178,7 @@ def test_every_table_and_figure_exists_and_parses(smoke_run):
     products = json.loads((root / "products.json").read_text())
     assert set(products["tables"]) == {"table1_lidc", "table2_brats", "table3_ablation"}
     assert {"figure1_pipeline_lidc", "figure2_pipeline_brats", "figure3_results"} <= set(products["figures"])
-    from medcnn_nb.report import TABLE_ROWS, count_rows
+    from medcnn_nb.datasets import get_dataset
     for name, files in products["tables"].items():
         suffixes = sorted(Path(f).suffix for f in files)
         assert suffixes == [".csv", ".html", ".md"]
@@ -176,9 +186,9 @@ def test_every_table_and_figure_exists_and_parses(smoke_run):
         html = Path(next(f for f in files if f.endswith(".html"))).read_text()
         md = Path(next(f for f in files if f.endswith(".md"))).read_text()
         assert count_rows(html) == len(csv) + 1
-        assert md.count("\n|") == len(csv) + 2
+        assert md.count("\n|") == len(csv) + 2   # header, rule, one line per row (pandas' to_markdown)
         if name != "table3_ablation":
-            assert len(csv) == len(TABLE_ROWS["lidc" if "lidc" in name else "brats"])
+            assert len(csv) == len(get_dataset(name.split("_")[-1]).rows)
             assert "definition" in md.lower() or "Definitions" in md
         assert str(Path(files[0]).parent) in stdout   # the command printed where it is
     for name, files in products["figures"].items():
@@ -201,7 +211,7 @@ def test_every_table_and_figure_exists_and_parses(smoke_run):
 
 def test_tables_hold_only_what_we_measured(smoke_run):
     root = smoke_run[0]
-    from medcnn_nb.report import PAPER_CLAIMS
+    from medcnn_nb.datasets import get_dataset
     t1 = pd.read_csv(root / "tables" / "table1_lidc.csv")
     for variant in ("unoptimised", "optimised"):
         folds = [json.loads(p.read_text()) for p in sorted((root / "runs/lidc" / variant).glob("fold*/metrics.json"))]
@@ -212,7 +222,7 @@ def test_tables_hold_only_what_we_measured(smoke_run):
             if len(values) == 0: assert math.isnan(row[f"{variant}_mean"]); continue
             assert row[f"{variant}_mean"] == pytest.approx(values.mean(), abs=1e-12)
             if len(values) == 2: assert row[f"{variant}_sd"] == pytest.approx(values.std(ddof=1), abs=1e-12)
-        claims = PAPER_CLAIMS["lidc"][variant]
+        claims = get_dataset("lidc").claims[variant]
         assert t1.loc[t1.key == "slice_accuracy", f"{variant}_paper"].item() == claims["accuracy"]
         assert math.isnan(t1.loc[t1.key == "dice_slice", f"{variant}_paper"].item())
 

@@ -11,7 +11,8 @@ from scipy import ndimage
 from medcnn_nb.config import get_config
 from medcnn_nb.data.core import DataError
 from medcnn_nb import preprocess as pp
-from medcnn_nb.preprocess import (load_slices, normalise_mri, preprocess_ct, resize_slices, training_indices, window_ct)
+from medcnn_nb.datasets import load_slices
+from medcnn_nb.preprocess import (normalise_mri, preprocess_ct, resize_slices, training_indices, window_ct)
 
 SMOKE = get_config("smoke")
 
@@ -104,7 +105,7 @@ def test_lidc_slices_match_the_reader(lidc_dir, tmp_path):
     assert set(np.unique(sl.masks)) <= {0, 1} and sl.roi.dtype == bool
     np.testing.assert_array_equal(sl.positive, np.asarray(sl.masks).reshape(n, -1).any(1))
     for s in series:  # the cache holds exactly what preprocess_ct makes of the reader's arrays
-        case = load_lidc_case(s, consensus=SMOKE.consensus)
+        case = load_lidc_case(s, consensus=SMOKE.lidc.consensus)
         idx = sl.indices_of([case.case_id])
         np.testing.assert_array_equal(sl.slice_index[idx], np.arange(len(case.hu)))
         ref = preprocess_ct(case.hu, case.spacing, case.consensus_mask, 64)
@@ -124,7 +125,7 @@ def test_cache_reused_and_invalidated(lidc_dir, tmp_path):
     assert again.key == first.key and meta.stat().st_mtime_ns == stamp and len(cache_folders(cache)) == 1
     assert isinstance(again.images, np.memmap)
     # a preprocessing field changes the key
-    other = load_slices("lidc", lidc_dir, get_config("smoke", hu_window=(-1200, 600)), cache_dir=cache, progress=False)
+    other = load_slices("lidc", lidc_dir, get_config("smoke", **{"lidc.hu_window": (-1200, 600)}), cache_dir=cache, progress=False)
     assert other.key != first.key and len(cache_folders(cache)) == 2
     assert not np.array_equal(np.asarray(other.images), np.asarray(first.images))
     # the data change: one patient fewer
@@ -177,7 +178,7 @@ def test_brats_slices(brats_dir, tmp_path):
 
 
 def test_load_slices_bad_input(tmp_path):
-    with pytest.raises(ValueError, match="'lidc' or 'brats'"): load_slices("luna", tmp_path, SMOKE, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown dataset 'luna'"): load_slices("luna", tmp_path, SMOKE, cache_dir=tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no usable lidc case"):
         load_slices("lidc", tmp_path / "empty", SMOKE, cache_dir=tmp_path / "c", progress=False)

@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from medcnn_nb.preprocess import SliceSet, patient_id
+from medcnn_nb.datasets import brats_patient, lidc_patient
+from medcnn_nb.preprocess import SliceSet
 from medcnn_nb.splits import assert_no_leak, load_or_make_folds, patient_folds
 
 
@@ -16,6 +17,11 @@ def cases_with_repeats(n, rng):
     return ids
 
 
+def patient_id(case_id):
+    "The LIDC rule (second series) and the BraTS rule (second time point), for ids of both datasets."
+    return brats_patient(lidc_patient(case_id))
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_folds_properties(seed):
     rng = np.random.default_rng(seed)
@@ -23,7 +29,7 @@ def test_folds_properties(seed):
     pat_pos = {p: bool(rng.random() < 0.4) for p in {patient_id(c) for c in ids}}
     pos = [pat_pos[patient_id(c)] for c in ids]
     k = int(rng.integers(2, 6))
-    folds = patient_folds(ids, pos, k=k, seed=seed)
+    folds = patient_folds(ids, pos, k=k, seed=seed, patient_id=patient_id)
     assert [f["fold"] for f in folds] == list(range(k))
     seen = []
     for f in folds:
@@ -37,19 +43,22 @@ def test_folds_properties(seed):
         val_pat = {patient_id(c) for c in f["val"]}
         assert abs(sum(pat_pos[p] for p in val_pat) - n_pos / k) < 1 + 1e-9
         assert abs(sum(not pat_pos[p] for p in val_pat) - (len(pat_pos) - n_pos) / k) < 1 + 1e-9
-    assert folds == patient_folds(ids, pos, k=k, seed=seed)
+    assert folds == patient_folds(ids, pos, k=k, seed=seed, patient_id=patient_id)
+    # without the rule every case is its own patient, and a second series can land in another fold
+    assert len({p for f in patient_folds(ids, pos, k=k, seed=seed) for p in f['val']}) == len(ids)
 
 
 def test_folds_errors():
     with pytest.raises(ValueError, match="2 patient\\(s\\) cannot make 3 folds"):
-        patient_folds(["a", "a#2", "b"], [True, True, False], k=3)
+        patient_folds(["a", "a#2", "b"], [True, True, False], k=3, patient_id=lidc_patient)
     with pytest.raises(ValueError, match="unique"): patient_folds(["a", "a", "b"], [1, 1, 0], k=2)
     with pytest.raises(ValueError, match="has_positive"): patient_folds(["a", "b"], [1], k=2)
 
 
 def test_assert_no_leak():
-    assert_no_leak(["p1", "p2#2"], ["p3"])
-    with pytest.raises(ValueError, match="p2"): assert_no_leak(["p1", "p2#2"], ["p2"])
+    assert_no_leak(["p1", "p2#2"], ["p3"], lidc_patient)
+    with pytest.raises(ValueError, match="p2"): assert_no_leak(["p1", "p2#2"], ["p2"], lidc_patient)
+    assert_no_leak(["p1", "p2#2"], ["p2"])  # without a rule, a second series is another patient
 
 
 def sliceset(cases, positives):

@@ -13,16 +13,17 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from medcnn_nb.config import get_config
-from medcnn_nb.train import ABLATION, VARIANTS, inner_split, trim_history
+from medcnn_nb.experiments import ABLATION, VARIANTS
+from medcnn_nb.train import inner_split, trim_history
 
-TINY = dict(image_size=32, base_filters=4, depth=2, max_epochs=3, lidc_size=48, lidc_slices=16, brats_size=48,
-            brats_slices=16, deterministic=True)
+TINY = {"image_size": 32, "base_filters": 4, "depth": 2, "max_epochs": 3, "lidc.size": 48, "lidc.slices": 16,
+        "brats.size": 48, "brats.slices": 16, "deterministic": True}
 
 
 @pytest.fixture(scope="module")
 def tiny_lidc(tmp_path_factory):
     from medcnn_nb.data.phantom_lidc import write_lidc_phantoms
-    from medcnn_nb.preprocess import load_slices
+    from medcnn_nb.datasets import load_slices
     from medcnn_nb.splits import load_or_make_folds
     work = tmp_path_factory.mktemp("train")
     cfg = get_config("smoke", **TINY)
@@ -60,12 +61,12 @@ def test_trim_history(tmp_path):
 def test_fold_evaluates_every_val_slice_against_an_oracle(tiny_lidc):
     "metrics.json agrees with a NumPy recomputation from the saved model's predictions."
     import keras
-    from medcnn_nb.train import _custom_objects, train_fold
+    from medcnn_nb.train import CUSTOM_OBJECTS as _custom, train_fold
     work, cfg, s, folds = tiny_lidc
-    m = train_fold(s, folds[1], "unoptimised", cfg, work / "runs/unopt/fold1", verbose=0)
+    m = train_fold(s, folds[1], VARIANTS["unoptimised"], cfg, work / "runs/unopt/fold1", verbose=0)
     val = np.flatnonzero(np.isin(s.case_ids, folds[1]["val"]))
     assert m["val_slices"] == len(val) and m["epochs_run"] == cfg.max_epochs
-    model = keras.saving.load_model(work / "runs/unopt/fold1/last.keras", custom_objects=_custom_objects())
+    model = keras.saving.load_model(work / "runs/unopt/fold1/last.keras", custom_objects=_custom)
     pred = model.predict(np.asarray(s.images[val]), verbose=0)[..., 0] >= 0.5
     truth = np.asarray(s.masks[val])[..., 0].astype(bool)
     area = pred.reshape(len(val), -1).sum(1)
@@ -85,11 +86,11 @@ def test_fold_evaluates_every_val_slice_against_an_oracle(tiny_lidc):
 def test_early_stopping_restores_the_best_epoch(tiny_lidc):
     "With patience 0, training stops after the first epoch without a better val_dice, and the kept weights are the best epoch's."
     import keras
-    from medcnn_nb.train import _custom_objects, train_fold
+    from medcnn_nb.train import CUSTOM_OBJECTS as _custom, train_fold
     work, cfg, s, folds = tiny_lidc
     cfg0 = replace(cfg, patience=0, max_epochs=6)
     run = work / "runs/es/fold0"
-    train_fold(s, folds[0], "plus_early_stopping", cfg0, run, verbose=0)
+    train_fold(s, folds[0], VARIANTS["plus_early_stopping"], cfg0, run, verbose=0)
     h = pd.read_csv(run / "history.csv")
     best = int(np.argmax(h["val_dice"].to_numpy()))  # first maximum, as Keras' strict ">" keeps
     state = json.loads((run / "state.json").read_text())
@@ -108,9 +109,10 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_lidc):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from medcnn_nb.config import get_config
-        from medcnn_nb.preprocess import load_slices
+        from medcnn_nb.datasets import load_slices
+        from medcnn_nb.experiments import VARIANTS
         from medcnn_nb.splits import load_or_make_folds
-        from medcnn_nb.train import _build, distribution_scope, train_fold, VARIANTS
+        from medcnn_nb.train import _build, distribution_scope, train_fold
         cfg = get_config("smoke", **{TINY!r}, distribute="mirrored")
         cfg = cfg.__class__(**{{**cfg.__dict__, "max_epochs": 1}})
         s = load_slices("lidc", {str(work / 'lidc')!r}, cfg, {str(work / 'cache')!r}, progress=False)
@@ -118,7 +120,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_lidc):
         with distribution_scope(cfg) as scope:
             strategy = tf.distribute.get_strategy()
             model = _build(VARIANTS["optimised"], cfg, s.images.shape[1:], 1)
-        m = train_fold(s, folds[0], "optimised", cfg, {str(work / 'runs/mirrored/fold0')!r}, verbose=0)
+        m = train_fold(s, folds[0], VARIANTS["optimised"], cfg, {str(work / 'runs/mirrored/fold0')!r}, verbose=0)
         print(json.dumps(dict(replicas=strategy.num_replicas_in_sync,
                               variable=type(model.weights[0].value).__name__, epochs=m["epochs_run"],
                               acc=m["slice_accuracy"])))
