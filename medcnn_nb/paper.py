@@ -21,7 +21,7 @@ from .config import (Config, NativeStderrFilter, OutputLayout, add_config_args, 
                               git_commit, versions, write_json)
 from .data.core import DataError, data_fingerprint
 from .datasets import DATASETS, ensure_phantoms, get_dataset, validate_dataset, validation_summary
-from .experiments import ABLATION, TABLE_VARIANTS
+from .variants import ABLATION, TABLE_VARIANTS
 from .report import NO_BROWSER, chrome_path
 
 # %% auto #0

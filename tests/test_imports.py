@@ -22,6 +22,7 @@ LAYERS = [
     ["models", "losses"],
     ["metrics", "transfer"],
     ["datasets"],
+    ["variants"],
     ["train"],
     ["experiments"],
     ["report"],

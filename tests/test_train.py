@@ -13,7 +13,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from medcnn_nb.config import get_config
-from medcnn_nb.experiments import ABLATION, VARIANTS
+from medcnn_nb.variants import ABLATION, VARIANTS
 from medcnn_nb.train import inner_split, trim_history
 
 TINY = {"image_size": 32, "base_filters": 4, "depth": 2, "max_epochs": 3, "lidc.size": 48, "lidc.slices": 16,
@@ -110,7 +110,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_lidc):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from medcnn_nb.config import get_config
         from medcnn_nb.datasets import load_slices
-        from medcnn_nb.experiments import VARIANTS
+        from medcnn_nb.variants import VARIANTS
         from medcnn_nb.splits import load_or_make_folds
         from medcnn_nb.train import _build, distribution_scope, train_fold
         cfg = get_config("smoke", **{TINY!r}, distribute="mirrored")
