@@ -227,12 +227,16 @@ def lidc_base(tmp_path_factory) -> Path:
     return out
 
 
+def _spoil_one_case(capsys, dataset: str, base: Path, find, bad, tmp_path) -> None:
+    "Copy the good dataset, apply one malformation to its second case, check the command's answer."
+    root = tmp_path / "data"; shutil.copytree(base, root)
+    victim = find(root)[1]
+    _check(capsys, dataset, root, victim, bad, bad.mutate(victim))
+
+
 @pytest.mark.parametrize("bad", DICOM_CORPUS + XML_CORPUS, ids=lambda b: b.name)
 def test_lidc_bad_input(bad, lidc_base, tmp_path, capsys):
-    root = tmp_path / "data"; shutil.copytree(lidc_base, root)
-    victim = find_lidc_cases(root)[1]
-    named = bad.mutate(victim)
-    _check(capsys, "lidc", root, victim, bad, named)
+    _spoil_one_case(capsys, "lidc", lidc_base, find_lidc_cases, bad, tmp_path)
 
 
 def test_control_characters_cannot_forge_a_line(lidc_base, tmp_path, capsys):
@@ -403,10 +407,7 @@ def brats_base(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("bad", BRATS_CORPUS, ids=lambda b: b.name)
 def test_brats_bad_input(bad, brats_base, tmp_path, capsys):
-    root = tmp_path / "data"; shutil.copytree(brats_base, root)
-    victim = find_brats_cases(root)[1]
-    named = bad.mutate(victim)
-    _check(capsys, "brats", root, victim, bad, named)
+    _spoil_one_case(capsys, "brats", brats_base, find_brats_cases, bad, tmp_path)
 
 
 def test_brats_labels_option_reads_the_older_convention(brats_base, tmp_path, capsys):
