@@ -6,7 +6,9 @@
 It starts from an empty output folder and an empty phantom folder (so generation and the slice cache are
 timed too), reports wall time, the CPU time of the whole process tree and the machine's load average
 (other processes on a shared machine slow the run down), and, from the CSV tables, whether the optimised
-variant beats the unoptimised one on Dice and sensitivity for each dataset.
+variant beats the unoptimised one on Dice and sensitivity for each dataset. From the folds' manifests it
+reports the time per fold (total, fitting, evaluating) and the training throughput (images/s while fitting),
+per dataset and variant and over all folds.
 """
 import argparse
 import json
@@ -22,6 +24,25 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def fold_timings(runs: Path) -> dict:
+    "Per dataset/variant and over all folds: folds, seconds per fold (mean, min, max), fit seconds and training images/s."
+    rows = []
+    for m in sorted(runs.glob("*/*/fold*/manifest.json")):
+        man = json.loads(m.read_text())
+        t = man.get("timings_s", {})
+        images = man.get("train_images_per_epoch", 0) * max(man.get("epochs_run", 0) - (man.get("resumed_from_epoch") or 0), 0)
+        rows.append(dict(group=f"{man['dataset']}/{man['variant']['name']}", total=t.get("total", 0.0), fit=t.get("fit", 0.0),
+                         evaluate=t.get("evaluate", 0.0), images=images, epochs=man.get("epochs_run", 0)))
+    if not rows: return {}
+    df = pd.DataFrame(rows)
+    def summary(g):
+        return dict(folds=len(g), fold_s_mean=round(g.total.mean(), 1), fold_s_min=round(g.total.min(), 1),
+                    fold_s_max=round(g.total.max(), 1), fit_s=round(g.fit.sum(), 1), evaluate_s=round(g.evaluate.sum(), 1),
+                    epochs_mean=round(g.epochs.mean(), 1), train_images=int(g.images.sum()),
+                    train_images_per_s=round(g.images.sum() / g.fit.sum(), 1) if g.fit.sum() > 0 else None)
+    return {"all": summary(df), **{k: summary(g) for k, g in df.groupby("group")}}
 
 
 def main(argv=None):
@@ -49,7 +70,8 @@ def main(argv=None):
     manifest = json.loads((root / "manifest.json").read_text())
     result = dict(profile=args.profile, wall_s=round(wall, 1), cpu_user_s=round(usage.ru_utime, 1),
                   cpu_sys_s=round(usage.ru_stime, 1), load_avg_before=load_before, load_avg_after=os.getloadavg(),
-                  cores=os.cpu_count(), hardware=manifest["hardware"], timings_s=manifest["timings_s"])
+                  cores=os.cpu_count(), hardware=manifest["hardware"], timings_s=manifest["timings_s"],
+                  folds=fold_timings(root / "runs"))
     headline = {"lidc": ("slice_sensitivity", "dice_case"), "brats": ("voxel_sensitivity", "dice_wt")}
     for dataset, table in (("lidc", "table1_lidc"), ("brats", "table2_brats")):
         t = pd.read_csv(root / "tables" / f"{table}.csv").set_index("key")

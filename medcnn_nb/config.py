@@ -60,12 +60,16 @@ class Config:
     # --- training (paper §5.1-5.2) ---
     folds: int = 5                   # k of the patient-level k-fold cross-validation
     max_epochs: int = 16             # upper bound; early stopping usually ends sooner
-    patience: int = 5                # early-stopping patience in epochs (paper: 10)
+    patience: int = 5                # early-stopping patience in epochs on the validation loss (paper §5.2: 10)
+    min_epochs: int = 4              # early stopping keeps no weights from before this epoch (never an untrained model)
     learning_rate: float = 1e-3      # Adam learning rate (paper: 0.001)
     steps_per_epoch: int = 16        # batches per epoch; 0: one pass over the training slices
+    steps_per_execution: int = 1     # batches per call of the compiled train step (less per-step overhead)
     # --- models ---
     base_filters: int = 8            # filters of the first U-Net level; doubled at each level down
     depth: int = 3                   # number of down-sampling levels of the U-Nets
+    bn_momentum: float = 0.9         # BatchNorm running-statistics momentum: 0.9 forgets the start within a few hundred steps
+    prior_bias: bool = True          # start the sigmoid head's bias at the foreground prior (Lin et al. 2017, §3.3)
     # --- slices (paper §2.2) ---
     negatives_ratio: float = 1.0     # negative slices kept per positive slice
     augment: bool = True             # random rotation/scale/shift/flip on training slices
@@ -83,6 +87,9 @@ class Config:
             if getattr(self, name) < 1: out.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.folds < 2: out.append(f"folds must be >= 2 for cross-validation, got {self.folds}")
         if self.patience < 0: out.append(f"patience must be >= 0, got {self.patience}")
+        if self.min_epochs < 0: out.append(f"min_epochs must be >= 0, got {self.min_epochs}")
+        if self.steps_per_execution < 1: out.append(f"steps_per_execution must be >= 1, got {self.steps_per_execution}")
+        if not 0 <= self.bn_momentum < 1: out.append(f"bn_momentum must be in [0, 1), got {self.bn_momentum}")
         if not 0 < self.learning_rate < 1: out.append(f"learning_rate must be in (0, 1), got {self.learning_rate}")
         if self.negatives_ratio < 0: out.append(f"negatives_ratio must be >= 0, got {self.negatives_ratio}")
         if self.distribute not in ("none", "mirrored", "data_parallel"):
@@ -106,11 +113,12 @@ class Config:
 
 # %% ../nbs/00_config.ipynb #9a953701
 PROFILES: dict[str, dict[str, Any]] = {
-    "smoke": dict(image_size=64, batch_size=16, folds=2, max_epochs=2, patience=1, base_filters=8, depth=2,
-                  steps_per_epoch=0, ablation_folds=2),
+    "smoke": dict(image_size=64, batch_size=16, folds=2, max_epochs=2, patience=1, min_epochs=1, base_filters=8,
+                  depth=2, steps_per_epoch=0, ablation_folds=2),
     "teaching": dict(),  # the dataclass defaults above
-    "paper": dict(image_size=512, batch_size=32, folds=5, max_epochs=200, patience=10, learning_rate=1e-3,
-                  base_filters=32, depth=4, ablation_folds=5, steps_per_epoch=0, ablation_datasets=("lidc", "brats")),
+    "paper": dict(image_size=512, batch_size=32, folds=5, max_epochs=200, patience=10, min_epochs=10, learning_rate=1e-3,
+                  base_filters=32, depth=4, ablation_folds=5, steps_per_epoch=0, ablation_datasets=("lidc", "brats"),
+                  bn_momentum=0.99),  # thousands of steps per fold: Keras' default momentum is fine
 }
 
 def _coerce(name: str, value, like):

@@ -27,10 +27,10 @@ from .metrics import evaluate_brats, evaluate_lidc
 from .preprocess import BODY_HU, MRI_PERCENTILES, SliceSet, cached_slices, preprocess_ct, preprocess_mri
 
 # %% auto #0
-__all__ = ['DATASETS', 'LIDC', 'BRATS_REGIONS_CAPTION', 'BRATS_ROWS', 'BRATS', 'MSD', 'Row', 'DatasetSpec', 'register',
-           'get_dataset', 'load_slices', 'ensure_phantoms', 'LidcKnobs', 'lidc_params', 'lidc_cases', 'lidc_patient',
-           'lidc_line', 'annotation_summary', 'BratsKnobs', 'mri_params', 'mri_cases', 'brats_patient', 'brats_line',
-           'MsdKnobs', 'msd_line', 'phantom_main', 'data_main', 'validate_dataset', 'validation_summary']
+__all__ = ['DICE_REDUCTIONS', 'DATASETS', 'LIDC', 'BRATS_REGIONS_CAPTION', 'BRATS_ROWS', 'BRATS', 'MSD', 'Row', 'DatasetSpec',
+           'register', 'get_dataset', 'load_slices', 'ensure_phantoms', 'LidcKnobs', 'lidc_params', 'lidc_cases',
+           'lidc_patient', 'lidc_line', 'annotation_summary', 'BratsKnobs', 'mri_params', 'mri_cases', 'brats_patient',
+           'brats_line', 'MsdKnobs', 'msd_line', 'phantom_main', 'data_main', 'validate_dataset', 'validation_summary']
 
 # %% ../nbs/05b_datasets.ipynb #d0a75538
 @dataclass(frozen=True)
@@ -42,6 +42,11 @@ class Row:
     percent: bool = True     # shown as a percentage (rates) or as a plain number (Dice, FP/scan, HD95)
 
 # %% ../nbs/05b_datasets.ipynb #a6c482f3
+DICE_REDUCTIONS = {"per_image": dict(per_sample=True, skip_empty=False),  # one Dice per image, averaged
+                   "pooled": dict(per_sample=False, skip_empty=False),    # one Dice over the batch's pixels
+                   "per_image_nonempty": dict(per_sample=True, skip_empty=True)}  # per image, empty targets skipped
+"How a dataset's Dice losses reduce over a batch (`losses.DiceLoss`'s `per_sample` and `skip_empty`)."
+
 @dataclass(frozen=True)
 class DatasetSpec:
     "Everything that is true of one dataset, looked up by name."
@@ -64,12 +69,18 @@ class DatasetSpec:
     ablation_keys: tuple       # metric keys of the ablation table
     data_step: Callable        # (cfg) -> the "data" box of the pipeline figures
     overlay_channel: int = 0   # image channel shown in the validation-slice overlays
-    dice_per_sample: bool = True # Dice losses per image (True) or pooled over the batch (False)
+    dice_reduction: str = "per_image" # how Dice losses reduce: one of `DICE_REDUCTIONS` (DESIGN §5b)
     in_paper: bool = True      # run by `medcnn-paper` unless asked otherwise (the paper's own datasets)
     commands: tuple = ()       # extra `medcnn-data` sub-commands: (name, help, add_arguments, run)
     scan_knobs: tuple = ()     # knobs that `medcnn-data NAME` also takes as flags (`--consensus`, `--labels`)
 
     def settings(self, cfg: Config) -> "DatasetKnobs": return cfg.datasets[self.name]
+
+    def dice_kwargs(self) -> dict:
+        "The Dice losses' arguments for this dataset's `dice_reduction`."
+        if self.dice_reduction not in DICE_REDUCTIONS:
+            raise ValueError(f"{self.name}: dice_reduction must be one of {sorted(DICE_REDUCTIONS)}, got {self.dice_reduction!r}")
+        return dict(DICE_REDUCTIONS[self.dice_reduction])
 
     def phantom_settings(self, cfg: Config) -> dict:
         "The settings that determine its phantom dataset (its folder name is derived from them)."
@@ -125,13 +136,15 @@ def ensure_phantoms(dataset: str,   # a registered dataset's name
 @dataclass(frozen=True)
 class LidcKnobs(DatasetKnobs):
     "The LIDC-IDRI section of the configuration (`cfg.lidc`)."
-    patients: int = 20                   # phantom patients
+    patients: int = 30                   # phantom patients (20 left ~3 nodule patients per fold)
     size: int = 128                      # phantom CT in-plane size in pixels (real scans: 512)
     slices: int = 40                     # phantom CT slices per series
     consensus: float = 0.5               # fraction of a nodule's readers that must include a pixel
     contour_points: str = "exclude"      # an outline's own pixels: "exclude" (LIDC), "include", "pylidc" (chapter 2a)
     hu_window: tuple = (-1000.0, 400.0)  # CT window mapped to [0, 1] (lung window)
     target_spacing: float = 0.0          # resample in-plane to this spacing (mm) before resizing; 0: keep
+    image_size: int = 96                 # side of the LIDC network inputs; 0: the run's `image_size`
+    crop: str = "lung"                   # square crop before resizing: "lung" (the air inside the body) or "body"
 
     def problems(self) -> list[str]:
         out = [f"{k} must be >= 1, got {getattr(self, k)}" for k in ("patients", "size", "slices") if getattr(self, k) < 1]
@@ -141,14 +154,16 @@ class LidcKnobs(DatasetKnobs):
         if len(self.hu_window) != 2 or self.hu_window[0] >= self.hu_window[1]:
             out.append(f"hu_window must be (low, high), got {self.hu_window}")
         if self.target_spacing < 0: out.append(f"target_spacing must be >= 0, got {self.target_spacing}")
+        if self.image_size < 0: out.append(f"image_size must be >= 0, got {self.image_size}")
+        if self.crop not in ("lung", "body"): out.append(f"crop must be 'lung' or 'body', got {self.crop!r}")
         return out
 
 def lidc_params(cfg: Config) -> dict:
     "The settings that change the cached LIDC slices (and nothing else)."
     k = cfg.lidc
-    return dict(image_size=cfg.image_size, hu_window=[float(v) for v in k.hu_window], consensus=float(k.consensus),
-                contour_points=k.contour_points,
-                target_spacing=k.target_spacing or None, body_threshold=BODY_HU)
+    return dict(image_size=k.image_size or cfg.image_size, hu_window=[float(v) for v in k.hu_window],
+                consensus=float(k.consensus), contour_points=k.contour_points,
+                target_spacing=k.target_spacing or None, body_threshold=BODY_HU, crop=k.crop)
 
 def lidc_cases(data_dir: Path, params: dict, problems: list):
     "Each CT series, read and preprocessed; a patient's second series gets `#2`."
@@ -160,7 +175,7 @@ def lidc_cases(data_dir: Path, params: dict, problems: list):
         seen[case.case_id] = seen.get(case.case_id, 0) + 1
         cid = case.case_id if seen[case.case_id] == 1 else f"{case.case_id}#{seen[case.case_id]}"
         yield cid, preprocess_ct(case.hu, case.spacing, case.consensus_mask, params["image_size"], params["hu_window"],
-                                 params["target_spacing"], params["body_threshold"])
+                                 params["target_spacing"], params["body_threshold"], params["crop"])
 
 def lidc_patient(case_id: str) -> str:
     "`LIDC-IDRI-0001#2` (a second series) belongs to patient `LIDC-IDRI-0001`."
@@ -203,7 +218,8 @@ def _say(line: str = "", file=None):
 # %% ../nbs/05b_datasets.ipynb #20490a34
 LIDC = register(DatasetSpec(
     name="lidc", title="LIDC-IDRI", knobs=LidcKnobs,
-    profiles={"smoke": dict(patients=6, size=96, slices=24), "paper": dict(patients=60, size=512, slices=120)},
+    profiles={"smoke": dict(patients=6, size=96, slices=24, image_size=0),
+              "paper": dict(patients=60, size=512, slices=120, image_size=0)},
     params=lidc_params, cases=lidc_cases, patient_id=lidc_patient,
     phantom_keys=("patients", "size", "slices", "seed"),
     write_phantoms=lambda out, patients, size, slices, seed: write_lidc_phantoms(out, patients, seed, size=size, slices=slices),
@@ -221,7 +237,7 @@ LIDC = register(DatasetSpec(
           Row("extra: false positives per scan", "fp_per_scan", percent=False),
           Row("extra: CPM (FROC)", "cpm", percent=False)),
     table="table1_lidc",
-    caption=("Table 1 - LIDC-IDRI, unoptimised vs optimised, {folds}-fold patient-level cross-validation "
+    caption=("Table 1 - LIDC-IDRI, unoptimised vs optimised (every variant: sigmoid output bias started at the foreground prior, Lin et al. 2017 §3.3; BatchNorm momentum as configured), {folds}-fold patient-level cross-validation "
              "on {data}. Ours: mean ± sd over folds [95 % CI, t distribution]; 'paper' columns: the paper's "
              "Table 1, shown only for comparison. Definitions: accuracy, sensitivity and specificity are "
              "slice-level detection over all axial slices of the validation patients (a slice is positive "
@@ -233,6 +249,7 @@ LIDC = register(DatasetSpec(
     ablation_keys=("dice_case", "slice_sensitivity", "slice_specificity", "slice_accuracy"),
     data_step=lambda cfg: f"LIDC-IDRI CT\nlung window {cfg.lidc.hu_window[0]:g}..{cfg.lidc.hu_window[1]:g} HU -> [0,1]",
     overlay_channel=0,
+    dice_reduction="pooled",  # half of each batch is empty slices: per-image Dice pulled predictions to 0 (DESIGN §5b)
     commands=(("lidc-xml", "print one parsed LIDC XML file", lambda p: p.add_argument("file"), _lidc_xml),),
     scan_knobs=("consensus",)))
 
@@ -304,7 +321,7 @@ BRATS = register(DatasetSpec(
     scan=lambda d, knobs: scan_brats(d, knobs.labels or None), summary=brats_line, evaluate=_evaluate_regions, rows=BRATS_ROWS,
     scan_knobs=("labels",),
     table="table2_brats",
-    caption=("Table 2 - BraTS, unoptimised vs optimised, {folds}-fold patient-level cross-validation on "
+    caption=("Table 2 - BraTS, unoptimised vs optimised (every variant: sigmoid output bias started at the foreground prior, Lin et al. 2017 §3.3; BatchNorm momentum as configured), {folds}-fold patient-level cross-validation on "
              "{data}. Ours: mean ± sd over folds [95 % CI, t distribution]; 'paper' columns: the paper's "
              "Table 2, shown only for comparison. Definitions: accuracy, sensitivity and specificity are "
              + BRATS_REGIONS_CAPTION + " Verdict: is the paper's value inside our CI?"),

@@ -42,16 +42,23 @@ class DiceLoss(keras.losses.Loss):
     def __init__(self, squared: bool = True,    # p^2 + g^2 in the denominator (paper); False: p + g
                  smooth: float = 1.0,           # added to numerator and denominator
                  per_sample: bool = True,       # one Dice per image; False: one Dice pooled over the batch
+                 skip_empty: bool = False,      # per image: average only the (image, channel) pairs with a target
                  name: str = "dice_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         self.squared, self.smooth, self.per_sample = bool(squared), float(smooth), bool(per_sample)
+        self.skip_empty = bool(skip_empty)
 
     def call(self, y_true, y_pred):
         dice = soft_dice(y_true, y_pred, self.squared, self.smooth, self.per_sample)
+        if self.skip_empty and self.per_sample:  # empty targets leave the Dice to the other loss term
+            y_pred = ops.convert_to_tensor(y_pred)
+            present = ops.cast(ops.sum(ops.cast(y_true, y_pred.dtype), axis=_spatial_axes(y_pred)) > 0, dice.dtype)
+            return 1.0 - ops.sum(dice * present) / ops.maximum(ops.sum(present), 1.0)  # a scalar for the batch
         return 1.0 - ops.mean(dice, axis=-1)  # (N,) per image, or a scalar when pooled
 
     def get_config(self):
-        return {**super().get_config(), "squared": self.squared, "smooth": self.smooth, "per_sample": self.per_sample}
+        return {**super().get_config(), "squared": self.squared, "smooth": self.smooth, "per_sample": self.per_sample,
+                "skip_empty": self.skip_empty}
 
 # %% ../nbs/03b_losses.ipynb #bbcb8b44
 @keras.saving.register_keras_serializable(package="medcnn_nb")
@@ -95,10 +102,11 @@ class DiceBCELoss(keras.losses.Loss):
     def __init__(self, dice_weight: float = 1.0, # weight of the Dice loss
                  bce_weight: float = 1.0,        # weight of the mean binary cross-entropy
                  squared: bool = True, smooth: float = 1.0, per_sample: bool = True, # passed to `DiceLoss`
+                 skip_empty: bool = False,       # passed to `DiceLoss`
                  name: str = "dice_bce_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         self.dice_weight, self.bce_weight = float(dice_weight), float(bce_weight)
-        self.dice = DiceLoss(squared, smooth, per_sample)
+        self.dice = DiceLoss(squared, smooth, per_sample, skip_empty)
 
     def call(self, y_true, y_pred):
         y_pred = ops.convert_to_tensor(y_pred)
@@ -109,7 +117,7 @@ class DiceBCELoss(keras.losses.Loss):
     def get_config(self):
         d = self.dice
         return {**super().get_config(), "dice_weight": self.dice_weight, "bce_weight": self.bce_weight,
-                "squared": d.squared, "smooth": d.smooth, "per_sample": d.per_sample}
+                "squared": d.squared, "smooth": d.smooth, "per_sample": d.per_sample, "skip_empty": d.skip_empty}
 
 @keras.saving.register_keras_serializable(package="medcnn_nb")
 class DiceFocalLoss(keras.losses.Loss):
@@ -118,10 +126,11 @@ class DiceFocalLoss(keras.losses.Loss):
                  focal_weight: float = 1.0,      # weight of the focal loss
                  alpha: float | None = 0.25, gamma: float = 2.0, # passed to `FocalLoss`
                  squared: bool = True, smooth: float = 1.0, per_sample: bool = True, # passed to `DiceLoss`
+                 skip_empty: bool = False,       # passed to `DiceLoss`
                  name: str = "dice_focal_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         self.dice_weight, self.focal_weight = float(dice_weight), float(focal_weight)
-        self.dice, self.focal = DiceLoss(squared, smooth, per_sample), FocalLoss(alpha, gamma)
+        self.dice, self.focal = DiceLoss(squared, smooth, per_sample, skip_empty), FocalLoss(alpha, gamma)
 
     def call(self, y_true, y_pred):
         return self.dice_weight * self.dice.call(y_true, y_pred) + self.focal_weight * self.focal.call(y_true, y_pred)
@@ -129,7 +138,8 @@ class DiceFocalLoss(keras.losses.Loss):
     def get_config(self):
         d, f = self.dice, self.focal
         return {**super().get_config(), "dice_weight": self.dice_weight, "focal_weight": self.focal_weight,
-                "alpha": f.alpha, "gamma": f.gamma, "squared": d.squared, "smooth": d.smooth, "per_sample": d.per_sample}
+                "alpha": f.alpha, "gamma": f.gamma, "squared": d.squared, "smooth": d.smooth, "per_sample": d.per_sample,
+                "skip_empty": d.skip_empty}
 
 # %% ../nbs/03b_losses.ipynb #cdcb1429
 LOSSES = ("bce", "dice", "focal", "dice_focal", "dice_bce")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers
 
 # %% auto #0
@@ -71,7 +72,9 @@ def build_model(arch: str,               # one of SEGMENTATION_ARCHS or CLASSIFI
                 input_shape: tuple,      # (H, W, C), channels-last; H and W divisible by 2**depth
                 out_channels: int = 1,   # LIDC: 1; BraTS: 3 (WT, TC, ET)
                 base_filters: int = 16,  # width of the first level, doubled at each level down
-                depth: int = 3           # number of down-sampling levels
+                depth: int = 3,          # number of down-sampling levels
+                bn_momentum: float = 0.99, # BatchNorm running-statistics momentum (Keras' default 0.99)
+                output_bias=None         # initial bias of the sigmoid head (scalar or one per channel); None: 0
                ) -> keras.Model:
     "A U-Net (sigmoid map of the input's H, W) or a classifier (sigmoid vector) of the named architecture."
     if arch not in BLOCKS:
@@ -86,13 +89,23 @@ def build_model(arch: str,               # one of SEGMENTATION_ARCHS or CLASSIFI
     if arch in CLASSIFIER_ARCHS:
         x = layers.GlobalAveragePooling2D(name="head_pool")(x)
         outputs = layers.Dense(out_channels, activation="sigmoid", dtype="float32", name="head_dense")(x)
-        return keras.Model(inputs, outputs, name=arch)
+        return _settle(keras.Model(inputs, outputs, name=arch), bn_momentum, output_bias)
     for level in reversed(range(depth)):
         x = layers.Conv2DTranspose(base_filters * 2**level, 2, strides=2, name=f"up{level + 1}")(x)
         x = layers.Concatenate(name=f"dec{level + 1}_skip")([x, skips[level]])
         x = block(x, base_filters * 2**level, f"dec{level + 1}")
     outputs = layers.Conv2D(out_channels, 1, activation="sigmoid", dtype="float32", name="head_conv")(x)
-    return keras.Model(inputs, outputs, name=arch)
+    return _settle(keras.Model(inputs, outputs, name=arch), bn_momentum, output_bias)
+
+def _settle(model: keras.Model, bn_momentum: float, output_bias) -> keras.Model:
+    "Set every BatchNorm's momentum and the head's initial bias (the last layer is the head)."
+    if not 0 <= bn_momentum < 1: raise ValueError(f"bn_momentum must be in [0, 1), got {bn_momentum}")
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization): layer.momentum = float(bn_momentum)  # read when traced
+    if output_bias is not None:
+        head = model.layers[-1]
+        head.bias.assign(np.broadcast_to(np.asarray(output_bias, np.float32), head.bias.shape))
+    return model
 
 # %% ../nbs/03a_models.ipynb #beeaaa1b
 def describe(model: keras.Model | str,    # a model from `build_model`, or an arch name to build

@@ -24,8 +24,8 @@ from .data.core import DataError, data_fingerprint
 
 # %% auto #0
 __all__ = ['MRI_PERCENTILES', 'BODY_HU', 'CACHE_VERSION', 'ARRAYS', 'window_ct', 'normalise_mri', 'body_mask', 'square_box',
-           'crop_box', 'resize_slices', 'resample_inplane', 'preprocess_ct', 'axial', 'preprocess_mri', 'SliceSet',
-           'cache_key', 'open_cache', 'cached_slices', 'training_indices']
+           'crop_box', 'resize_slices', 'resample_inplane', 'resize_masks', 'preprocess_ct', 'axial', 'preprocess_mri',
+           'SliceSet', 'cache_key', 'open_cache', 'cached_slices', 'training_indices']
 
 # %% ../nbs/02f_preprocess.ipynb #57bcdbbf
 def window_ct(hu: np.ndarray,                # CT intensities in Hounsfield units, any shape
@@ -129,6 +129,23 @@ def resample_inplane(volume: np.ndarray,  # (z, y, x, ...)
     out = resize_slices(volume, (H, W), order=order)
     return out, (float(spacing[0]), spacing[1] * h / H, spacing[2] * w / W)
 
+# %% ../nbs/02f_preprocess.ipynb #f2dc1d83
+def resize_masks(masks: np.ndarray, # (z, h, w) or (z, h, w, K) label masks (bool or 0/1)
+                 size: int | tuple  # output (H, W), or one int for a square
+                ) -> np.ndarray:
+    "Resize masks by area (covered share >= 1/2); a slice and channel with a label never comes out empty."
+    m = np.asarray(masks).astype(bool)
+    share = resize_slices(m.astype(np.float32), size, order=1, antialias=True)
+    out = share >= 0.5
+    lost = m.any(axis=(1, 2)) & ~out.any(axis=(1, 2))       # (z,) or (z, K)
+    for idx in zip(*np.nonzero(lost)):
+        plane = share[(idx[0], slice(None), slice(None)) + tuple(idx[1:])]
+        y, x = np.unravel_index(int(np.argmax(plane)), plane.shape)
+        if len(idx) == 1: out[idx[0], y, x] = True
+        else:  # also in every channel covering that pixel as much: nested regions (WT ⊇ TC ⊇ ET) stay nested
+            out[idx[0], y, x] |= share[idx[0], y, x] >= share[idx[0], y, x, idx[1]]
+    return out
+
 # %% ../nbs/02f_preprocess.ipynb #6f2c989e
 def preprocess_ct(hu: np.ndarray,          # (z, y, x) HU
                   spacing: Sequence[float], # (z, y, x) mm
@@ -136,9 +153,12 @@ def preprocess_ct(hu: np.ndarray,          # (z, y, x) HU
                   image_size: int,         # side of the output slices
                   window: Sequence[float] = (-1000.0, 400.0), # HU window mapped to [0, 1]
                   target_spacing: float | None = None, # in-plane mm to resample to first; None keeps it
-                  body_threshold: float = BODY_HU      # HU threshold of the body mask
+                  body_threshold: float = BODY_HU,     # HU threshold of the body mask
+                  crop: str = "body",      # "body": square around the body; "lung": around the air inside it
+                  margin: float = 0.05     # "lung": share of the box side added on each side
                  ) -> dict:
-    "Window, (resample,) crop to the body and resize one CT volume; masks by nearest neighbour."
+    "Window, (resample,) crop to the body or the lungs and resize one CT volume; masks by area (`resize_masks`)."
+    if crop not in ("body", "lung"): raise ValueError(f"crop must be 'body' or 'lung', got {crop!r}")
     if hu.ndim != 3 or mask.shape != hu.shape:
         raise ValueError(f"expected a (z, y, x) volume and a mask of the same shape, got {hu.shape} and {mask.shape}")
     image, body, mask = window_ct(hu, window), body_mask(hu, body_threshold), np.asarray(mask, bool)
@@ -148,9 +168,14 @@ def preprocess_ct(hu: np.ndarray,          # (z, y, x) HU
         mask, _ = resample_inplane(mask, spacing, target_spacing, order=0)
         spacing = new_spacing
     box = square_box(body)
+    lungs = body & (image < window_ct(np.array([body_threshold]), window)[0]) if crop == "lung" else None
+    if lungs is not None and lungs.any():  # the air inside the body: the lungs (and the airways)
+        y0, y1, x0, x1 = square_box(lungs, margin=0)
+        pad = int(round(margin * (y1 - y0)))
+        box = (y0 - pad, y1 + pad, x0 - pad, x1 + pad)
     side = box[1] - box[0]
     return dict(images=resize_slices(crop_box(image, box), image_size, order=1)[..., None],
-                masks=resize_slices(crop_box(mask, box), image_size, order=0)[..., None].astype(np.uint8),
+                masks=resize_masks(crop_box(mask, box), image_size)[..., None].astype(np.uint8),
                 roi=resize_slices(crop_box(body, box), image_size, order=0),
                 spacing=(float(spacing[0]), spacing[1] * side / image_size, spacing[2] * side / image_size))
 
@@ -174,12 +199,12 @@ def preprocess_mri(image: np.ndarray,      # (x, y, z, C) modalities in RAS+
     box = square_box(brain)
     side = box[1] - box[0]
     return dict(images=resize_slices(crop_box(norm, box), image_size, order=1),
-                masks=resize_slices(crop_box(targets, box), image_size, order=0).astype(np.uint8),
+                masks=resize_masks(crop_box(targets, box), image_size).astype(np.uint8),
                 roi=resize_slices(crop_box(brain, box), image_size, order=0),
                 spacing=(float(spacing[2]), spacing[1] * side / image_size, spacing[0] * side / image_size))
 
 # %% ../nbs/02f_preprocess.ipynb #bca3482d
-CACHE_VERSION = 1  # bump when the preprocessing code changes what it writes
+CACHE_VERSION = 2  # bump when the preprocessing code changes what it writes
 ARRAYS = ("images", "masks", "roi", "slice_index", "positive")
 
 @dataclass

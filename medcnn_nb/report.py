@@ -24,7 +24,8 @@ from .datasets import Row, get_dataset
 # %% auto #0
 __all__ = ['VARIANT_COLUMNS', 'NO_BROWSER', 'PLOTLY_JS', 'summarise', 'verdict', 'load_fold_metrics', 'results_table',
            'display_table', 'write_table', 'ablation_table', 'display_ablation', 'chrome_path', 'write_plotly_js',
-           'figure_html', 'save_figure', 'figure3', 'pipeline_figure', 'overlay_figure']
+           'figure_html', 'save_figure', 'figure3', 'pipeline_figure', 'overlay_figure', 'read_histories',
+           'learning_curves']
 
 # %% ../nbs/06a_report.ipynb #7474dabb
 def summarise(values,                  # one number per fold (NaN/None: undefined on that fold)
@@ -286,4 +287,36 @@ def overlay_figure(images: np.ndarray, # (n, H, W) slices in [0, 1]
         fig.add_trace(go.Image(z=(255 * rgb).astype(np.uint8)), row=1, col=i + 1)
     fig.update_xaxes(visible=False); fig.update_yaxes(visible=False)
     fig.update_layout(title=title, height=300, width=max(400, 230 * n), margin=dict(l=5, r=5, t=60, b=5))
+    return fig
+
+# %% ../nbs/06a_report.ipynb #bae96a42
+def read_histories(runs_dir: str | Path, # outputs/<profile>/runs
+                   dataset: str,         # a registered dataset's name
+                   variant: str          # a variant's folder name
+                  ) -> dict[int, pd.DataFrame]:
+    "fold -> its `history.csv` (one row per epoch), for every fold folder that has one."
+    base = Path(runs_dir) / dataset / variant
+    out = {}
+    for d in sorted(base.glob("fold*"), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else -1):
+        if d.name[4:].isdigit() and (d / "history.csv").exists() and (d / "history.csv").stat().st_size:
+            out[int(d.name[4:])] = pd.read_csv(d / "history.csv")
+    return out
+
+def learning_curves(histories: dict[int, pd.DataFrame], # from `read_histories`
+                    title: str = "learning curves"):
+    "Loss and Dice per epoch, training (solid) and validation (dashed), one colour per fold."
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "Dice (threshold 0.5)"))
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    for i, (fold, h) in enumerate(sorted(histories.items())):
+        colour = palette[i % len(palette)]
+        for col, metric in ((1, "loss"), (2, "dice")):
+            for prefix, dash, part in (("", "solid", "train"), ("val_", "dash", "validation")):
+                if prefix + metric not in h: continue
+                fig.add_trace(go.Scatter(x=h["epoch"] + 1, y=h[prefix + metric], mode="lines+markers",
+                                         line=dict(color=colour, dash=dash), marker=dict(size=4),
+                                         name=f"fold {fold} {part}", legendgroup=f"{fold}{part}",
+                                         showlegend=col == 1), row=1, col=col)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(range=[0, 1], row=1, col=2)
+    fig.update_layout(title=title, height=360, width=1000, margin=dict(l=50, r=10, t=60, b=40))
     return fig

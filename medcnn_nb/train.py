@@ -24,8 +24,9 @@ from .splits import assert_no_leak
 
 # %% auto #0
 __all__ = ['CUSTOM_OBJECTS', 'inner_split', 'epoch_batches', 'resumable_callbacks', 'trim_history', 'distribution_scope',
-           'FoldSlices', 'fold_slices', 'fold_model', 'restore_or_build', 'fit_fold', 'fold_finished',
-           'predict_probabilities', 'evaluate_fold', 'example_slices', 'write_fold', 'fold_manifest', 'train_fold']
+           'FoldSlices', 'fold_slices', 'fold_model', 'foreground_prior', 'restore_or_build', 'fit_fold',
+           'fold_finished', 'predict_probabilities', 'evaluate_fold', 'example_slices', 'write_fold', 'fold_manifest',
+           'train_fold']
 
 # %% ../nbs/05c_train.ipynb #ec9718df
 def inner_split(train_cases: list[str],   # the fold's training patients
@@ -73,7 +74,7 @@ def resumable_callbacks(run_dir: Path,        # the fold's folder
                         variant,              # the experiment's variant (`experiments.Variant`)
                         cfg: Config,          # its `patience` 
                         state: dict | None,   # the saved state when resuming, else None
-                        monitor: str = "val_dice" # what early stopping watches (mode max)
+                        monitor: str = "val_loss" # what early stopping watches (mode min: a loss, paper §5.2)
                        ) -> list:
     "EarlyStopping (when the variant uses it), the checkpoint writer and a CSVLogger that appends."
 
@@ -105,8 +106,9 @@ def resumable_callbacks(run_dir: Path,        # the fold's folder
 
     es = None
     if variant.early_stopping:
-        es = ResumableEarlyStopping(monitor=monitor, mode="max", patience=cfg.patience, restore_best_weights=True,
-                                    verbose=0, start_from_epoch=0)
+        # no epoch before cfg.min_epochs can become "best": an untrained model is never restored
+        es = ResumableEarlyStopping(monitor=monitor, mode="min", patience=cfg.patience, restore_best_weights=True,
+                                    verbose=0, start_from_epoch=cfg.min_epochs)
     # CSVLogger before the checkpoint: a kill between the two leaves one row too many, which resuming trims
     return ([es] if es else []) + [keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True), Checkpoint(es)]
 
@@ -166,27 +168,32 @@ CUSTOM_OBJECTS = {"DiceLoss": DiceLoss, "FocalLoss": FocalLoss, "DiceBCELoss": D
                   "DiceFocalLoss": DiceFocalLoss, "DiceMetric": DiceMetric}
 "Our losses and metric, so that a checkpoint loads in a fresh process."
 
-def _build(variant, cfg: Config, input_shape, out_channels: int, dice_per_sample: bool = True):
-    reduction = {"per_sample": dice_per_sample} if "dice" in variant.loss else {}
-    model = build_model(variant.arch, input_shape, out_channels=out_channels, base_filters=cfg.base_filters, depth=cfg.depth)
+def _net(variant, cfg: Config, input_shape, out_channels: int, output_bias=None):
+    return build_model(variant.arch, input_shape, out_channels=out_channels, base_filters=cfg.base_filters,
+                       depth=cfg.depth, bn_momentum=cfg.bn_momentum, output_bias=output_bias)
+
+def _build(variant, cfg: Config, input_shape, out_channels: int, dice: dict | None = None, output_bias=None):
+    reduction = dict(dice or {}) if "dice" in variant.loss else {}
+    model = _net(variant, cfg, input_shape, out_channels, output_bias)
     # no XLA: on CPU it compiled slowly and ran ~35 % slower (DESIGN §3)
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=get_loss(variant.loss, **reduction),
-                  metrics=[DiceMetric(name="dice")], jit_compile=False)
+                  metrics=[DiceMetric(name="dice")], jit_compile=False, steps_per_execution=cfg.steps_per_execution)
     return model
 
 _COMPILED: dict = {}  # (variant's model and loss, shapes, cfg) -> a compiled model whose traced steps are reused
 
-def fold_model(variant, cfg: Config, input_shape, out_channels: int, dice_per_sample: bool = True):
+def fold_model(variant, cfg: Config, input_shape, out_channels: int,
+               dice: dict | None = None,  # the Dice losses' reduction (`DatasetSpec.dice_kwargs()`)
+               output_bias=None):         # the head's initial bias (`prior_bias`), one per channel; None: 0
     "A compiled model with fresh seeded weights and a fresh optimizer; reuses the traced steps of an earlier fold."
-    key = (variant.arch, variant.loss, dice_per_sample, tuple(input_shape), out_channels, cfg.base_filters, cfg.depth,
-           cfg.learning_rate, cfg.distribute)
+    key = (variant.arch, variant.loss, tuple(sorted((dice or {}).items())), tuple(input_shape), out_channels,
+           cfg.base_filters, cfg.depth, cfg.learning_rate, cfg.distribute, cfg.bn_momentum, cfg.steps_per_execution)
     model = _COMPILED.get(key)
     if model is None or cfg.distribute != "none":
-        with distribution_scope(cfg): model = _build(variant, cfg, input_shape, out_channels, dice_per_sample)
+        with distribution_scope(cfg): model = _build(variant, cfg, input_shape, out_channels, dice, output_bias)
         _COMPILED.clear(); _COMPILED[key] = model  # keep one: models hold memory
         return model
-    fresh = build_model(variant.arch, input_shape, out_channels=out_channels, base_filters=cfg.base_filters, depth=cfg.depth)
-    model.set_weights(fresh.get_weights())
+    model.set_weights(_net(variant, cfg, input_shape, out_channels, output_bias).get_weights())
     lr = getattr(model.optimizer, "_learning_rate", None)
     for v in model.optimizer.variables:
         if v is not lr: v.assign(np.zeros(v.shape, v.dtype))
@@ -194,10 +201,21 @@ def fold_model(variant, cfg: Config, input_shape, out_channels: int, dice_per_sa
     return model
 
 # %% ../nbs/05c_train.ipynb #22713607
+def foreground_prior(sliceset: SliceSet, # the dataset's slices
+                     idx: np.ndarray     # the slices a fold fits on
+                    ) -> np.ndarray:
+    "Share of foreground pixels per output channel in the slices `idx` (clipped to [1e-4, 0.5])."
+    fg = np.zeros(sliceset.masks.shape[-1]); n = 0
+    for s in range(0, len(idx), 256):  # in chunks: the masks may be a memory map
+        m = np.asarray(sliceset.masks[np.sort(idx[s:s + 256])], np.float64)
+        fg += m.sum(axis=(0, 1, 2)); n += m[..., 0].size
+    return np.clip(fg / max(n, 1), 1e-4, 0.5)
+
 def restore_or_build(run_dir: Path,   # the fold's folder
                      variant,         # the experiment's variant
                      cfg: Config,     # the run's configuration
-                     sliceset: SliceSet # the dataset's slices (input shape, targets, dataset)
+                     sliceset: SliceSet, # the dataset's slices (input shape, targets, dataset)
+                     fit: np.ndarray | None = None # the slices the fold fits on: their prior sets the head's bias
                     ) -> tuple:
     "(model, saved state or None, resumed, first epoch): the checkpoint when there is one, else a fresh model."
     state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").exists() else None
@@ -206,8 +224,10 @@ def restore_or_build(run_dir: Path,   # the fold's folder
         with distribution_scope(cfg): model = keras.saving.load_model(run_dir / "last.keras", custom_objects=CUSTOM_OBJECTS)
         trim_history(run_dir / "history.csv", state["epochs_done"])
         return model, state, True, state["epochs_done"]
+    prior = foreground_prior(sliceset, fit) if cfg.prior_bias and fit is not None and len(fit) else None
     model = fold_model(variant, cfg, sliceset.images.shape[1:], sliceset.masks.shape[-1],
-                       get_dataset(sliceset.dataset).dice_per_sample)
+                       get_dataset(sliceset.dataset).dice_kwargs(),
+                       None if prior is None else np.log(prior / (1 - prior)))
     (run_dir / "history.csv").unlink(missing_ok=True)
     return model, state, False, 0
 
@@ -222,8 +242,8 @@ def fit_fold(model, sliceset: SliceSet, slices: FoldSlices, variant, cfg: Config
     "Fit from `first_epoch`; return (seconds, training images per epoch)."
     train = epoch_batches(SliceLoader(sliceset, slices.fit, cfg.batch_size, augment=variant.augment and cfg.augment,
                                       seed=seed), cfg.steps_per_epoch, start_epoch=first_epoch)
-    monitor = (SliceLoader(sliceset, slices.monitor, cfg.batch_size, shuffle=False)
-               if variant.early_stopping and len(slices.monitor) else None)
+    # every variant is validated on the monitored patients (the learning curves); only early stopping acts on it
+    monitor = SliceLoader(sliceset, slices.monitor, cfg.batch_size, shuffle=False) if len(slices.monitor) else None
     epochs = cfg.max_epochs if stop_after_epochs is None else min(cfg.max_epochs, first_epoch + stop_after_epochs)
     t0 = time.perf_counter()
     if first_epoch < epochs and not (state or {}).get("stopped"):
@@ -302,7 +322,7 @@ def train_fold(sliceset: SliceSet,        # the dataset's slices (all of them)
     seed_everything(seed, cfg.deterministic)
     t0 = time.perf_counter()
     slices = fold_slices(sliceset, split, cfg, seed)
-    model, state, resumed, first = restore_or_build(run_dir, variant, cfg, sliceset)
+    model, state, resumed, first = restore_or_build(run_dir, variant, cfg, sliceset, slices.fit)
     fit_s, per_epoch = fit_fold(model, sliceset, slices, variant, cfg, run_dir, state, resumed, first, seed,
                                 verbose, stop_after_epochs)
     if not fold_finished(run_dir, cfg): return {}  # only with stop_after_epochs: left as a kill would leave it

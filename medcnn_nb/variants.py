@@ -54,10 +54,11 @@ def pipeline(variant: Variant,  # the experiment
              cfg: Config        # the configuration that was run
             ) -> list[tuple[str, str]]:
     "The analysis pipeline `variant` runs on `dataset`, as (stage, description) steps for Figures 1-2."
-    stop = (f"early stopping\npatience {cfg.patience}\nbest weights restored" if variant.early_stopping
+    stop = (f"early stopping on val. loss\npatience {cfg.patience}, from epoch {cfg.min_epochs + 1}" if variant.early_stopping
             else f"fixed {cfg.max_epochs} epochs")
+    size = get_dataset(dataset).params(cfg)["image_size"]  # a dataset may set its own input size
     return [("data", get_dataset(dataset).data_step(cfg)),
-            ("slices", f"{cfg.image_size}x{cfg.image_size} axial slices\npositives + {cfg.negatives_ratio:g} neg/pos"),
+            ("slices", f"{size}x{size} axial slices\npositives + {cfg.negatives_ratio:g} neg/pos"),
             ("augmentation", "rotate, scale,\nshift, flip" if variant.augment else "none"),
             ("model", f"{ARCH_NAMES.get(variant.arch, variant.arch)}\n{cfg.depth} levels, {cfg.base_filters} filters"),
             ("loss", LOSS_NAMES.get(variant.loss, variant.loss)),

@@ -108,7 +108,7 @@ def test_lidc_slices_match_the_reader(lidc_dir, tmp_path):
         case = load_lidc_case(s, consensus=SMOKE.lidc.consensus)
         idx = sl.indices_of([case.case_id])
         np.testing.assert_array_equal(sl.slice_index[idx], np.arange(len(case.hu)))
-        ref = preprocess_ct(case.hu, case.spacing, case.consensus_mask, 64)
+        ref = preprocess_ct(case.hu, case.spacing, case.consensus_mask, 64, crop=SMOKE.lidc.crop)  # the definition's crop
         np.testing.assert_array_equal(sl.images[idx], ref["images"])
         np.testing.assert_array_equal(sl.masks[idx], ref["masks"])
         np.testing.assert_allclose(sl.spacing[case.case_id], ref["spacing"])

@@ -121,13 +121,12 @@ def _distractors(rng, grid, spacing, shape, tissue, r):
 def _intensities(rng, grid, shape, tissue, brain) -> np.ndarray:
     "The four int16 modalities (x, y, z, 4); 0 outside the brain, >= 1 inside."
     extent = np.array([np.abs(g).max() for g in grid])
-    texture = 1 + 0.08 * _smooth_noise(rng, shape, 1.5)
-    tumour = (tissue >= NCR) & (tissue <= ET)
+    texture = 1 + 0.08 * _smooth_noise(rng, shape, 1.5)  # everywhere: texture alone must not say "tumour"
     out = np.empty((*shape, len(MODALITIES)), np.int16)
     u = [g / e for g, e in zip(grid, extent)]  # coordinates in [-1, 1] for the bias field
     for m in range(len(MODALITIES)):
         levels = CONTRAST[:, m] * rng.uniform(0.9, 1.1, len(CONTRAST)).astype(np.float32)
-        vol = levels[tissue] * np.where(tumour, texture, np.float32(1))
+        vol = levels[tissue] * texture
         vol = ndimage.gaussian_filter(vol, 0.6)
         c = rng.normal(0, 0.12, 6)  # low-order polynomial bias field, as coil sensitivity gives
         # exp(in-plane terms) * exp(axial terms): two small factors broadcast, not a full-volume exp
