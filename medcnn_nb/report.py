@@ -381,10 +381,11 @@ def figure3(tables: dict[str, pd.DataFrame], # dataset -> `results_table`
                                  text=[f"p={p:.2g}" if p == p else "" for p in t["p"]], textposition="outside"),
                           row=2, col=col)
     fig.update_layout(barmode="group", scattermode="group", height=650, template="plotly_white",
-                      title="Figure 3 - unoptimised vs optimised (bars: ours, pooled over patients, 95 % bootstrap "
-                            "interval; dashes: the paper; crosses: predicting nothing)")
+                      title="Figure 3 - unoptimised vs optimised<br><sup>bars: ours, pooled over patients, 95 % bootstrap "
+                            "interval; dashes: the paper; crosses: predicting nothing; below: the paired difference</sup>")
     fig.update_yaxes(range=[0, 1.05], row=1)
     fig.update_yaxes(title_text="value (rates as fractions, Dice)", row=1, col=1)
+    fig.update_yaxes(range=[-1.05, 1.05], row=2)  # differences of fractions; a fixed range keeps the p labels from stretching it
     fig.update_yaxes(title_text="difference", zeroline=True, zerolinecolor="#444", row=2, col=1)
     return fig
 
