@@ -8,15 +8,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, OutputLayout
+from .config import Config, OutputLayout, seed_everything
 from .datasets import DatasetSpec, ensure_phantoms, get_dataset, load_slices
-from .preprocess import SliceSet
+from .loader import SliceLoader
+from .preprocess import SliceSet, training_indices
 from .splits import load_or_make_folds
-from .train import train_fold
+from .train import epoch_batches, fold_model, train_fold
+from .transfer import save_unet_encoder
 from .variants import VARIANTS, Variant
 
 # %% auto #0
-__all__ = ['parse_folds', 'run_folds', 'Experiment', 'prepare']
+__all__ = ['parse_folds', 'run_folds', 'Experiment', 'prepare', 'pretrained_encoder']
 
 # %% ../nbs/05e_experiments.ipynb #38bedee6
 def parse_folds(folds,   # "all", "" (none), "0,2", an int or a list of ints
@@ -37,12 +39,13 @@ def run_folds(exp: Experiment,       # from `prepare`
              ) -> list[dict]:
     "Train and evaluate `variant` on the chosen folds of `exp`; one metrics dict per fold."
     variant = VARIANTS[variant] if isinstance(variant, str) else variant
+    init = pretrained_encoder(exp.spec.name, exp.cfg, exp.layout.root.parent, verbose) if variant.pretrained else None
     results = []
     for k in parse_folds(folds, exp.cfg.folds):
         print(f"--- {exp.spec.name} / {variant.name} / fold {k} ---", flush=True)
         results.append(train_fold(exp.sliceset, exp.splits[k], variant, exp.cfg,
                                   exp.layout.run_dir(exp.spec.name, variant.name, k),
-                                  data_fingerprint=exp.sliceset.fingerprint, verbose=verbose))
+                                  data_fingerprint=exp.sliceset.fingerprint, verbose=verbose, init_encoder=init))
     return results
 
 # %% ../nbs/05e_experiments.ipynb #f2e47924
@@ -68,3 +71,25 @@ def prepare(dataset: str,                   # a registered dataset's name
     sliceset = load_slices(spec.name, data_dir, cfg, layout.cache, progress=progress)
     splits = load_or_make_folds(layout.runs / spec.name / "folds.json", sliceset, cfg.folds, cfg.seed, spec.patient_id)
     return Experiment(spec, cfg, layout, Path(data_dir), sliceset, splits)
+
+# %% ../nbs/05e_experiments.ipynb #e7d5a018
+def pretrained_encoder(dataset: str,         # the target dataset (its definition names the source)
+                       cfg: Config,          # the run's configuration (the model's widths, the budget)
+                       out_dir: str | Path = "outputs", # outputs base folder
+                       verbose: int = 0      # Keras progress
+                      ) -> Path:
+    "The encoder file of the baseline U-Net trained on the phantoms of `dataset`'s `pretrain_from` (made once)."
+    source = get_dataset(dataset).pretrain_from
+    if not source: raise ValueError(f"{dataset}: its definition names no dataset to pretrain on (pretrain_from)")
+    path = OutputLayout.for_profile(cfg.profile, out_dir).root / "pretrained" / f"{source}_unet_encoder.npz"
+    if path.exists(): return path
+    print(f"--- pretraining the {VARIANTS['unoptimised'].arch} encoder on {source} phantoms for {dataset} ---", flush=True)
+    src = prepare(source, cfg, None, out_dir, progress=False)
+    s = src.sliceset
+    seed_everything(cfg.seed, cfg.deterministic)
+    idx = training_indices(s, sorted(set(map(str, s.case_ids))), cfg.negatives_ratio, cfg.seed)
+    model = fold_model(VARIANTS["unoptimised"], cfg, s.images.shape[1:], s.masks.shape[-1], src.spec.dice_kwargs())
+    physical = cfg.batch_size // cfg.gradient_accumulation  # as in `train_fold`
+    model.fit(epoch_batches(SliceLoader(s, idx, physical, seed=cfg.seed), cfg.steps_per_epoch * cfg.gradient_accumulation),
+              epochs=cfg.max_epochs, verbose=verbose)
+    return save_unet_encoder(model, path)

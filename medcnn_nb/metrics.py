@@ -15,7 +15,8 @@ from .data.brats import REGIONS  # ("WT", "TC", "ET"): the channel order of the 
 # %% auto #0
 __all__ = ['MIN_AREA', 'FULL_3D', 'CPM_LEVELS', 'Counts', 'binarize', 'confusion_counts', 'accuracy', 'sensitivity',
            'specificity', 'dice', 'case_groups', 'per_case', 'nanmean', 'slice_detection', 'CaseDetections',
-           'case_detections', 'nodule_detection', 'froc', 'cpm', 'surface', 'hd95', 'evaluate_lidc', 'evaluate_brats']
+           'case_detections', 'nodule_detection', 'froc', 'cpm', 'surface', 'hd95', 'max_distance', 'rate_parts',
+           'evaluate_lidc', 'evaluate_brats']
 
 # %% ../nbs/05a_metrics.ipynb #a30634be
 def _ratio(num, den) -> float:
@@ -184,8 +185,10 @@ def froc(detections: Sequence[CaseDetections]) -> tuple[np.ndarray, np.ndarray, 
     "FROC curve: (false positives per scan, sensitivity, score threshold), starting at (0, 0, inf)."
     best, fps = _nodule_scores(detections)
     thresholds = np.unique(np.r_[best[np.isfinite(best)], fps])[::-1]
-    fp_rate = np.array([(fps >= t).sum() for t in thresholds], float) / max(len(detections), 1)
-    sens = np.array([(best >= t).sum() for t in thresholds], float) / best.size if best.size else np.full(len(thresholds), np.nan)
+    # how many scores are >= each threshold, from sorted scores (a flooding model has thousands of candidates)
+    at_least = lambda scores: len(scores) - np.searchsorted(np.sort(scores), thresholds, side="left")
+    fp_rate = at_least(fps).astype(float) / max(len(detections), 1)
+    sens = at_least(best).astype(float) / best.size if best.size else np.full(len(thresholds), np.nan)
     return np.r_[0.0, fp_rate], np.r_[0.0 if best.size else np.nan, sens], np.r_[np.inf, thresholds]
 
 CPM_LEVELS = (1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8)  # false positives per scan (LUNA16)
@@ -219,14 +222,15 @@ def surface(mask) -> np.ndarray:
 def hd95(pred, truth,          # masks of one case, same shape (probabilities, bool or 0/1)
          spacing=None,         # voxel size per axis in mm; None: 1
          percentile: float = 95.0,
-         threshold: float = 0.5
+         threshold: float = 0.5,
+         empty: float = float("nan") # returned when exactly one mask is empty (see `max_distance`)
         ) -> float:
-    "95th percentile of the symmetric surface distances (mm); 0 if both empty, NaN if one is."
+    "95th percentile of the symmetric surface distances (mm); 0 if both empty, `empty` if one is."
     pred, truth = binarize(pred, threshold), binarize(truth)
     _check_same_shape(pred, truth)
     has_p, has_t = pred.any(), truth.any()
     if not has_p and not has_t: return 0.0
-    if not (has_p and has_t): return float("nan")
+    if not (has_p and has_t): return float(empty)
     # crop to the box around both masks plus one voxel: surfaces and distances are unchanged
     idx = np.nonzero(pred | truth)
     box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in idx)
@@ -235,6 +239,13 @@ def hd95(pred, truth,          # masks of one case, same shape (probabilities, b
     d_pt = ndimage.distance_transform_edt(~st, sampling=sampling)[sp]
     d_tp = ndimage.distance_transform_edt(~sp, sampling=sampling)[st]
     return float(np.percentile(np.concatenate([d_pt, d_tp]), percentile))
+
+def max_distance(shape,        # the volume's shape
+                 spacing=None  # voxel size per axis in mm; None: 1
+                ) -> float:
+    "The volume's diagonal in mm: no two voxels are further apart, so no HD95 is larger."
+    sp = np.ones(len(shape)) if spacing is None else np.asarray(spacing, float)
+    return float(np.sqrt(np.sum((np.asarray(shape) * sp) ** 2)))
 
 # %% ../nbs/05a_metrics.ipynb #f3961989
 def _fold_arrays(pred, truth, case_ids, channels: int | None):
@@ -249,6 +260,27 @@ def _fold_arrays(pred, truth, case_ids, channels: int | None):
     if len(case_ids) != len(pred): raise ValueError(f"{len(case_ids)} case ids for {len(pred)} slices")
     return pred, truth, case_groups(case_ids)
 
+def rate_parts(c: Counts, # the counts of one case
+               prefix: str = "" # e.g. "slice_": the keys become slice_accuracy, ...
+              ) -> dict:
+    "[numerator, denominator, numerator if nothing were predicted] of accuracy, sensitivity and specificity."
+    neg = c.fp + c.tn  # predicting nothing makes every negative a true negative, every positive a miss
+    return {f"{prefix}accuracy": [c.tp + c.tn, c.tp + c.tn + c.fp + c.fn, neg],
+            f"{prefix}sensitivity": [c.tp, c.tp + c.fn, 0], f"{prefix}specificity": [c.tn, neg, neg]}
+
+def _lidc_case(p, t, roi, det, min_area) -> dict:
+    "The per-case parts of one LIDC case (see `rate_parts`)."
+    out = {**rate_parts(slice_detection(p, t, min_area), "slice_"), **rate_parts(confusion_counts(p, t, roi), "pixel_")}
+    positive = t.any(axis=(1, 2))
+    tp_s, size_s = (p & t).sum((1, 2))[positive], (p.sum((1, 2)) + t.sum((1, 2)))[positive]
+    out["dice_case"] = [dice(p, t), 1, 0] if positive.any() else [0, 0, 0]
+    out["dice_slice"] = [float(np.sum(2 * tp_s / size_s)), int(positive.sum()), 0]
+    nod = nodule_detection([det])
+    out["nodule_sensitivity"] = [nod["detected"], nod["nodules"], 0]
+    out["fp_per_scan"] = [nod["false_positives"], 1, 0]
+    return out
+
+# %% ../nbs/05a_metrics.ipynb #c2adb8c6
 def evaluate_lidc(pred,                     # (N, H, W) or (N, H, W, 1) probabilities or masks, all slices of the val cases
                   truth,                    # same shape: consensus nodule masks
                   case_ids,                 # (N,) case of each slice; a case's slices contiguous and in order
@@ -269,12 +301,14 @@ def evaluate_lidc(pred,                     # (N, H, W) or (N, H, W, 1) probabil
     dice_cases = [dice(p[groups[c]], t[groups[c]]) for c in with_nodule]
     dets = [case_detections(prob[s], t[s], threshold) for s in groups.values()]
     nod = nodule_detection(dets)
+    roi = None if roi is None else np.broadcast_to(binarize(roi), p.shape)
+    per = {c: _lidc_case(p[s], t[s], None if roi is None else roi[s], d, min_area) for (c, s), d in zip(groups.items(), dets)}
     return {"slice_accuracy": sl.accuracy, "slice_sensitivity": sl.sensitivity, "slice_specificity": sl.specificity,
             "dice_case": nanmean(dice_cases), "dice_slice": nanmean(dice_slices),
             "pixel_accuracy": px.accuracy, "pixel_sensitivity": px.sensitivity, "pixel_specificity": px.specificity,
             "nodule_sensitivity": nod["sensitivity"], "fp_per_scan": nod["fp_per_scan"], "cpm": cpm(*froc(dets)[:2]),
             "cases": len(groups), "cases_with_nodules": len(with_nodule), "slices": int(len(p)),
-            "positive_slices": int(positive.sum()), "nodules": nod["nodules"]}
+            "positive_slices": int(positive.sum()), "nodules": nod["nodules"], "per_case": per}
 
 # %% ../nbs/05a_metrics.ipynb #13ebbc8f
 def evaluate_brats(pred,                  # (N, H, W, 3) probabilities or masks (WT, TC, ET), all slices of the val cases
@@ -289,15 +323,24 @@ def evaluate_brats(pred,                  # (N, H, W, 3) probabilities or masks 
     p, t = binarize(prob, threshold), binarize(truth)
     vox = confusion_counts(p[..., 0], t[..., 0], roi)
     out = {"voxel_accuracy": vox.accuracy, "voxel_sensitivity": vox.sensitivity, "voxel_specificity": vox.specificity}
+    roi = None if roi is None else np.broadcast_to(binarize(roi), p.shape[:3])
+    per = {c: rate_parts(confusion_counts(p[s, ..., 0], t[s, ..., 0], None if roi is None else roi[s]), "voxel_")
+           for c, s in groups.items()}
     for r, name in enumerate(REGIONS):
         key = name.lower()
-        dices, dists = [], []
+        dices, dists, empty = [], [], 0
         for case, s in groups.items():
             sp = spacing.get(case) if isinstance(spacing, dict) else spacing
+            far, has_t = max_distance(t[s, ..., r].shape, sp), bool(t[s, ..., r].any())
             dices.append(dice(p[s, ..., r], t[s, ..., r]))
-            dists.append(hd95(p[s, ..., r], t[s, ..., r], sp))
+            dists.append(hd95(p[s, ..., r], t[s, ..., r], sp, empty=far))
+            empty += has_t != bool(p[s, ..., r].any())
+            per[case][f"dice_{key}"] = [dices[-1], 1, float(not has_t)]   # nothing predicted: Dice 1 only without a region
+            per[case][f"hd95_{key}"] = [dists[-1], 1, far if has_t else 0.0]
         out[f"dice_{key}"] = nanmean(dices)
         out[f"hd95_{key}"] = nanmean(dists)
         out[f"hd95_{key}_cases"] = int(np.sum(~np.isnan(dists)))
+        out[f"hd95_{key}_empty"] = int(empty)
     out["cases"] = len(groups)
+    out["per_case"] = per
     return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from .losses import DiceBCELoss, DiceFocalLoss, DiceLoss, DiceMetric, FocalLoss,
 from .models import build_model
 from .preprocess import SliceSet, training_indices
 from .splits import assert_no_leak
+from .transfer import load_unet_encoder
 
 # %% auto #0
 __all__ = ['CUSTOM_OBJECTS', 'inner_split', 'epoch_batches', 'resumable_callbacks', 'trim_history', 'distribution_scope',
@@ -176,8 +178,11 @@ def _build(variant, cfg: Config, input_shape, out_channels: int, dice: dict | No
     reduction = dict(dice or {}) if "dice" in variant.loss else {}
     model = _net(variant, cfg, input_shape, out_channels, output_bias)
     # no XLA: on CPU it compiled slowly and ran ~35 % slower (DESIGN §3)
-    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=get_loss(variant.loss, **reduction),
-                  metrics=[DiceMetric(name="dice")], jit_compile=False, steps_per_execution=cfg.steps_per_execution)
+    # gradient accumulation: one Adam step per `gradient_accumulation` physical batches (their gradients averaged)
+    accumulate = cfg.gradient_accumulation if cfg.gradient_accumulation > 1 else None
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate, gradient_accumulation_steps=accumulate),
+                  loss=get_loss(variant.loss, **reduction), metrics=[DiceMetric(name="dice")], jit_compile=False,
+                  steps_per_execution=cfg.steps_per_execution)
     return model
 
 _COMPILED: dict = {}  # (variant's model and loss, shapes, cfg) -> a compiled model whose traced steps are reused
@@ -187,7 +192,8 @@ def fold_model(variant, cfg: Config, input_shape, out_channels: int,
                output_bias=None):         # the head's initial bias (`prior_bias`), one per channel; None: 0
     "A compiled model with fresh seeded weights and a fresh optimizer; reuses the traced steps of an earlier fold."
     key = (variant.arch, variant.loss, tuple(sorted((dice or {}).items())), tuple(input_shape), out_channels,
-           cfg.base_filters, cfg.depth, cfg.learning_rate, cfg.distribute, cfg.bn_momentum, cfg.steps_per_execution)
+           cfg.base_filters, cfg.depth, cfg.learning_rate, cfg.distribute, cfg.bn_momentum, cfg.steps_per_execution,
+           cfg.gradient_accumulation)
     model = _COMPILED.get(key)
     if model is None or cfg.distribute != "none":
         with distribution_scope(cfg): model = _build(variant, cfg, input_shape, out_channels, dice, output_bias)
@@ -215,7 +221,8 @@ def restore_or_build(run_dir: Path,   # the fold's folder
                      variant,         # the experiment's variant
                      cfg: Config,     # the run's configuration
                      sliceset: SliceSet, # the dataset's slices (input shape, targets, dataset)
-                     fit: np.ndarray | None = None # the slices the fold fits on: their prior sets the head's bias
+                     fit: np.ndarray | None = None, # the slices the fold fits on: their prior sets the head's bias
+                     init_encoder: str | Path | None = None # a fresh model's encoder starts from this file (transfer)
                     ) -> tuple:
     "(model, saved state or None, resumed, first epoch): the checkpoint when there is one, else a fresh model."
     state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").exists() else None
@@ -228,6 +235,7 @@ def restore_or_build(run_dir: Path,   # the fold's folder
     model = fold_model(variant, cfg, sliceset.images.shape[1:], sliceset.masks.shape[-1],
                        get_dataset(sliceset.dataset).dice_kwargs(),
                        None if prior is None else np.log(prior / (1 - prior)))
+    if init_encoder is not None: load_unet_encoder(model, init_encoder)  # `transfer`: the pretrained encoder
     (run_dir / "history.csv").unlink(missing_ok=True)
     return model, state, False, 0
 
@@ -240,16 +248,17 @@ def fit_fold(model, sliceset: SliceSet, slices: FoldSlices, variant, cfg: Config
              stop_after_epochs: int | None = None
             ) -> tuple[float, int]:
     "Fit from `first_epoch`; return (seconds, training images per epoch)."
-    train = epoch_batches(SliceLoader(sliceset, slices.fit, cfg.batch_size, augment=variant.augment and cfg.augment,
-                                      seed=seed), cfg.steps_per_epoch, start_epoch=first_epoch)
+    physical = cfg.batch_size // cfg.gradient_accumulation  # images in memory at once; an Adam step sees batch_size
+    train = epoch_batches(SliceLoader(sliceset, slices.fit, physical, augment=variant.augment and cfg.augment,
+                                      seed=seed), cfg.steps_per_epoch * cfg.gradient_accumulation, start_epoch=first_epoch)
     # every variant is validated on the monitored patients (the learning curves); only early stopping acts on it
-    monitor = SliceLoader(sliceset, slices.monitor, cfg.batch_size, shuffle=False) if len(slices.monitor) else None
+    monitor = SliceLoader(sliceset, slices.monitor, physical, shuffle=False) if len(slices.monitor) else None
     epochs = cfg.max_epochs if stop_after_epochs is None else min(cfg.max_epochs, first_epoch + stop_after_epochs)
     t0 = time.perf_counter()
     if first_epoch < epochs and not (state or {}).get("stopped"):
         model.fit(train, validation_data=monitor, epochs=epochs, initial_epoch=first_epoch,
                   callbacks=resumable_callbacks(run_dir, variant, cfg, state if resumed else None), verbose=verbose)
-    return time.perf_counter() - t0, int(min(len(slices.fit), len(train) * cfg.batch_size))
+    return time.perf_counter() - t0, int(min(len(slices.fit), len(train) * physical))
 
 def fold_finished(run_dir: Path, cfg: Config) -> bool:
     "Whether training ended: stopped early, or all `max_epochs` done."
@@ -257,6 +266,10 @@ def fold_finished(run_dir: Path, cfg: Config) -> bool:
     return bool(done.get("stopped") or done.get("epochs_done", 0) >= cfg.max_epochs)
 
 # %% ../nbs/05c_train.ipynb #5191929d
+def _predict_batch(cfg: Config) -> int:
+    "Images per prediction batch: 32 or more, but no more than a training batch holds at once when memory is short."
+    return cfg.batch_size // cfg.gradient_accumulation if cfg.gradient_accumulation > 1 else max(cfg.batch_size, 32)
+
 def predict_probabilities(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
     "Predicted probabilities (N, H, W, K) for `images` (N, H, W, C), in batches."
     if len(images) == 0: return np.zeros(images.shape[:3] + (model.output_shape[-1],), np.float32)
@@ -311,7 +324,8 @@ def train_fold(sliceset: SliceSet,        # the dataset's slices (all of them)
                run_dir: str | Path,       # runs/<dataset>/<variant>/fold<k>
                data_fingerprint: str | None = None, # of the data folder, for the manifest
                verbose: int = 1,          # Keras progress bar (1) or silent (0)
-               stop_after_epochs: int | None = None # testing aid: return after this many epochs, as a kill would
+               stop_after_epochs: int | None = None, # testing aid: return after this many epochs, as a kill would
+               init_encoder: str | Path | None = None # encoder weights to start from (`transfer.save_unet_encoder`)
               ) -> dict:
     "Train and evaluate one fold (or reuse/resume it); return its metrics dict."
     run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
@@ -322,14 +336,14 @@ def train_fold(sliceset: SliceSet,        # the dataset's slices (all of them)
     seed_everything(seed, cfg.deterministic)
     t0 = time.perf_counter()
     slices = fold_slices(sliceset, split, cfg, seed)
-    model, state, resumed, first = restore_or_build(run_dir, variant, cfg, sliceset, slices.fit)
+    model, state, resumed, first = restore_or_build(run_dir, variant, cfg, sliceset, slices.fit, init_encoder)
     fit_s, per_epoch = fit_fold(model, sliceset, slices, variant, cfg, run_dir, state, resumed, first, seed,
                                 verbose, stop_after_epochs)
     if not fold_finished(run_dir, cfg): return {}  # only with stop_after_epochs: left as a kill would leave it
     if (state or {}).get("stopped") and variant.early_stopping and (run_dir / "best.weights.h5").exists():
         model.load_weights(run_dir / "best.weights.h5")  # killed after stopping, before evaluating
     t_eval = time.perf_counter()
-    prob = predict_probabilities(model, sliceset.images[slices.val], batch_size=max(cfg.batch_size, 32))
+    prob = predict_probabilities(model, sliceset.images[slices.val], batch_size=_predict_batch(cfg))
     metrics = evaluate_fold(spec.name, prob, sliceset, slices.val)
     eval_s = time.perf_counter() - t_eval
     history = (run_dir / "history.csv").read_text().strip().splitlines()
@@ -339,4 +353,6 @@ def train_fold(sliceset: SliceSet,        # the dataset's slices (all of them)
     timings = dict(fit=round(fit_s, 2), evaluate=round(eval_s, 2), total=round(time.perf_counter() - t0, 2))
     manifest = fold_manifest(sliceset, split, variant, cfg, slices, seed, data_fingerprint, first if resumed else None,
                              epochs_run, timings, per_epoch)
+    manifest["init_encoder"] = None if init_encoder is None else str(init_encoder)
+    manifest["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB; this process so far
     return write_fold(run_dir, metrics, manifest, example_slices(sliceset, slices.val, prob >= 0.5, spec.overlay_channel))

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers
 
 from .data.core import DataError
@@ -16,7 +17,7 @@ from .models import plain_block
 
 # %% auto #0
 __all__ = ['BACKBONES', 'WEIGHTS_URL', 'keras_cache_dirs', 'imagenet_weights_file', 'build_encoder', 'build_transfer_unet',
-           'unfreeze_top', 'save_encoder_weights']
+           'unfreeze_top', 'save_encoder_weights', 'save_unet_encoder', 'adapt_input_kernel', 'load_unet_encoder']
 
 # %% ../nbs/04_transfer.ipynb #f4359c1f
 _CAFFE = dict(mean=(103.939 / 255, 116.779 / 255, 123.68 / 255), variance=(1 / 255**2,) * 3)  # x*255 - mean
@@ -150,3 +151,49 @@ def save_encoder_weights(model: keras.Model, # a model from `build_transfer_unet
     path.parent.mkdir(parents=True, exist_ok=True)
     model.get_layer("encoder").save_weights(path)
     return path
+
+# %% ../nbs/04_transfer.ipynb #204065fc
+def _is_encoder(name: str) -> bool:
+    return name.startswith("bottleneck") or (name.startswith("enc") and name[3:4].isdigit())
+
+def save_unet_encoder(model: keras.Model, # a U-Net from `models.build_model`
+                      path: str | Path    # the .npz file to write
+                     ) -> Path:
+    "Save the weights of the encoder layers (enc*, bottleneck) of a U-Net to one .npz file (atomically)."
+    arrays = {f"{l.name}/{i}": np.asarray(w) for l in model.layers if _is_encoder(l.name) and l.weights
+              for i, w in enumerate(l.get_weights())}
+    if not arrays: raise ValueError(f"{model.name}: no encoder layers (enc*, bottleneck) to save")
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, **arrays); tmp.replace(path)
+    return path
+
+def adapt_input_kernel(kernel,       # (kh, kw, C_source, F) first-layer kernel
+                       channels: int # C_target, the input channels of the new model
+                      ) -> np.ndarray:
+    "The kernel for `channels` inputs: summed over the source channels and spread evenly (a grey image responds the same)."
+    k = np.asarray(kernel)
+    return np.repeat(k.sum(axis=2, keepdims=True) / channels, channels, axis=2)
+
+# %% ../nbs/04_transfer.ipynb #129f62f9
+def load_unet_encoder(model: keras.Model, # a U-Net from `models.build_model` (same arch, widths and depth)
+                      path: str | Path    # a file from `save_unet_encoder`
+                     ) -> list[str]:
+    "Set the encoder layers of `model` from `path`, adapting the first kernel to the input channels; the layers set."
+    path = Path(path)
+    if not path.is_file(): raise DataError(path, "encoder weight file not found")
+    saved: dict[str, dict[int, np.ndarray]] = {}
+    with np.load(path) as f:
+        for key in f.files: name, i = key.rsplit("/", 1); saved.setdefault(name, {})[int(i)] = f[key]
+    done = []
+    for layer in model.layers:
+        if not (_is_encoder(layer.name) and layer.weights): continue
+        if layer.name not in saved: raise DataError(path, f"no weights for layer {layer.name}: saved from another architecture?")
+        new, now = [saved[layer.name][i] for i in sorted(saved[layer.name])], layer.get_weights()
+        new = [adapt_input_kernel(w, c.shape[2]) if w.ndim == 4 and w.shape[2] != c.shape[2] and w.shape[3] == c.shape[3]
+               else w for w, c in zip(new, now)]
+        if len(new) != len(now) or any(w.shape != c.shape for w, c in zip(new, now)):
+            raise DataError(path, f"layer {layer.name}: saved shapes {[w.shape for w in new]} do not fit "
+                                  f"{[c.shape for c in now]} (other widths or depth?)")
+        layer.set_weights(new); done.append(layer.name)
+    return done

@@ -128,7 +128,8 @@ def test_paper_command_on_msd_phantoms(tmp_path):
     assert set(products["tables"]) == {"table_msd"}                      # no ablation: not asked for msd
     t = pd.read_csv(root / "tables" / "table_msd.csv")
     assert t["key"].tolist()[:4] == ["voxel_accuracy", "voxel_sensitivity", "voxel_specificity", "dice_wt"]
-    assert t["optimised_paper"].isna().all() and t.loc[3, "optimised_n"] == 2   # no claims; WT Dice on both folds
+    assert t["optimised_paper"].isna().all() and t.loc[3, "optimised_folds"] == 2   # no claims; WT Dice on both folds
+    assert t.loc[3, "optimised_n"] == 6 and 0 <= t.loc[3, "optimised_ci_low"] <= t.loc[3, "optimised_ci_high"] <= 1
     folds = [json.loads(p.read_text()) for p in sorted((root / "runs/msd/optimised").glob("fold*/metrics.json"))]
     assert len(folds) == 2 and t.loc[3, "optimised_mean"] == pytest.approx(np.mean([f["dice_wt"] for f in folds]))
     assert "MSD Task01_BrainTumour (not in the paper)" in (root / "tables" / "table_msd.md").read_text()

@@ -243,9 +243,13 @@ def test_evaluate_lidc_against_independent_computations():
     prob, truth, ids, roi = lidc_fold()
     r = evaluate_lidc(prob[..., None], truth[..., None].astype(np.uint8), ids, roi=roi, min_area=2)
     json.loads(json.dumps(r))                            # plain Python numbers
-    assert all(type(v) in (float, int) for v in r.values())
+    assert all(type(v) in (float, int) for k, v in r.items() if k != "per_case")
     pred = prob >= 0.5
     ps, ts = pred.sum((1, 2)) >= 2, truth.any((1, 2))
+    for c in dict.fromkeys(ids):  # per case: numerator and denominator of each rate, and the do-nothing numerator
+        i = ids == c
+        assert r["per_case"][c]["slice_accuracy"] == [accuracy_score(ts[i], ps[i], normalize=False), i.sum(), (~ts[i]).sum()]
+        assert r["per_case"][c]["pixel_sensitivity"][:2] == [(pred[i] & truth[i] & roi[i]).sum(), (truth[i] & roi[i]).sum()]
     assert r["slice_accuracy"] == pytest.approx(accuracy_score(ts, ps))
     assert r["slice_sensitivity"] == pytest.approx(recall_score(ts, ps))
     assert r["slice_specificity"] == pytest.approx(recall_score(ts, ps, pos_label=False))

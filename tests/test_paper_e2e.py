@@ -63,7 +63,7 @@ def work(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_run(work):
     base = work / "a"
-    run = subprocess.run(CMD + _args(base), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1800,
+    run = subprocess.run(CMD + _args(base), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=2400,
                          preexec_fn=_umask022)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return base / "outputs" / "smoke", run.stdout, run.stderr
@@ -168,7 +168,7 @@ def resumed_run(work, smoke_run):
     before = {p.parent: p.stat().st_mtime_ns for p in (root / "runs").glob("*/*/fold*/metrics.json")}
     assert killed_dir not in before
     run = subprocess.run(CMD + _args(base, "--resume"), cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=1800, preexec_fn=_umask022)
+                         timeout=2400, preexec_fn=_umask022)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return root, (killed_dir, epochs_at_kill), before, run.stdout
 
@@ -222,9 +222,41 @@ def test_tables_hold_only_what_we_measured(smoke_run):
             if len(values) == 0: assert math.isnan(row[f"{variant}_mean"]); continue
             assert row[f"{variant}_mean"] == pytest.approx(values.mean(), abs=1e-12)
             if len(values) == 2: assert row[f"{variant}_sd"] == pytest.approx(values.std(ddof=1), abs=1e-12)
+        for key in ("slice_accuracy", "dice_case"):  # our value: pooled over the validation cases of all folds
+            parts = [c[key] for f in folds for c in f["per_case"].values() if c[key][1] > 0]
+            row = t1.set_index("key").loc[key]
+            assert row[f"{variant}_value"] == pytest.approx(sum(p[0] for p in parts) / sum(p[1] for p in parts), abs=1e-12)
+            assert row[f"{variant}_n"] == len(parts)
         claims = get_dataset("lidc").claims[variant]
         assert t1.loc[t1.key == "slice_accuracy", f"{variant}_paper"].item() == claims["accuracy"]
         assert math.isnan(t1.loc[t1.key == "dice_slice", f"{variant}_paper"].item())
+
+
+def test_every_interval_lies_in_its_metrics_range(smoke_run):
+    "Rates and Dice in [0, 1], their differences in [-1, 1], counts per scan and HD95 >= 0; low <= value <= high."
+    root = smoke_run[0]
+    from medcnn_nb.datasets import get_dataset
+    checked = 0
+    for table, dataset in (("table1_lidc", "lidc"), ("table2_brats", "brats")):
+        t = pd.read_csv(root / "tables" / f"{table}.csv")
+        for _, row in t.iterrows():
+            unbounded = row["key"] in ("fp_per_scan", "hd95_wt", "hd95_tc", "hd95_et")
+            for v in ("unoptimised", "optimised"):
+                if row[f"{v}_n"] < 2: continue
+                lo, x, hi = row[f"{v}_ci_low"], row[f"{v}_value"], row[f"{v}_ci_high"]
+                assert (0 <= lo <= x <= hi) and (unbounded or hi <= 1), (table, row["key"], v, lo, x, hi)
+                checked += 1
+            if row["diff_n"] >= 2:
+                lo, d, hi = row["diff_ci_low"], row["diff"], row["diff_ci_high"]
+                assert lo <= d <= hi and (unbounded or -1 <= lo <= hi <= 1), (table, row["key"], lo, d, hi)
+                assert 0 <= row["p"] <= 1 if row["p_n"] else math.isnan(row["p"])  # no non-zero difference: no test
+            assert math.isnan(row["nothing"]) or unbounded or 0 <= row["nothing"] <= 1
+    ab = pd.read_csv(root / "tables" / "table3_ablation.csv")
+    for k in get_dataset("lidc").ablation_keys:
+        for lo, x, hi in ab[[f"{k}_ci_low", f"{k}_value", f"{k}_ci_high"]].dropna().itertuples(index=False):
+            assert 0 <= lo <= x <= hi <= 1; checked += 1
+    assert checked >= 10
+    assert set(ab["variant"]) >= {"+ dense blocks", "+ transfer learning"}
 
 
 def test_fold_manifests(smoke_run):

@@ -34,11 +34,12 @@ def tiny_lidc(tmp_path_factory):
 
 def test_variants_differ_by_one_optimisation():
     base = VARIANTS["unoptimised"]
-    fields = ("arch", "loss", "augment", "early_stopping")
+    fields = ("arch", "loss", "augment", "early_stopping", "pretrained")
     for name in ABLATION[1:-1]:
         diff = [f for f in fields if getattr(VARIANTS[name], f) != getattr(base, f)]
         assert len(diff) == 1, (name, diff)
-    assert [f for f in fields if getattr(VARIANTS["optimised"], f) == getattr(base, f)] == []
+    assert [f for f in fields if getattr(VARIANTS["optimised"], f) == getattr(base, f)] == ["pretrained"]
+    assert {"plus_dense", "plus_transfer"} <= set(ABLATION)  # every optimisation the paper names
 
 
 def test_inner_split_keeps_patients_apart(tiny_lidc):
