@@ -80,27 +80,7 @@ class Config:
     distribute: str = "none"         # "none" | "mirrored" (tf.distribute) | "data_parallel" (keras.distribution, JAX)
     datasets: dict = field(default_factory=dict) # dataset name -> its knobs (see `register_knobs`)
 
-    def problems(self) -> list[str]:
-        "Everything wrong with these values, the datasets' sections included."
-        out = []
-        if self.profile not in PROFILES: out.append(f"profile {self.profile!r} is not one of {sorted(PROFILES)}")
-        for name in ("image_size", "batch_size", "max_epochs", "base_filters", "depth"):
-            if getattr(self, name) < 1: out.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.folds < 2: out.append(f"folds must be >= 2 for cross-validation, got {self.folds}")
-        if self.patience < 0: out.append(f"patience must be >= 0, got {self.patience}")
-        if self.min_epochs < 0: out.append(f"min_epochs must be >= 0, got {self.min_epochs}")
-        if self.steps_per_execution < 1: out.append(f"steps_per_execution must be >= 1, got {self.steps_per_execution}")
-        if not 0 <= self.bn_momentum < 1: out.append(f"bn_momentum must be in [0, 1), got {self.bn_momentum}")
-        if not 0 < self.learning_rate < 1: out.append(f"learning_rate must be in (0, 1), got {self.learning_rate}")
-        if self.gradient_accumulation < 1 or self.batch_size % self.gradient_accumulation:
-            out.append(f"gradient_accumulation must be >= 1 and divide batch_size {self.batch_size}, got {self.gradient_accumulation}")
-        if self.negatives_ratio < 0: out.append(f"negatives_ratio must be >= 0, got {self.negatives_ratio}")
-        if self.distribute not in ("none", "mirrored", "data_parallel"):
-            out.append(f"distribute must be 'none', 'mirrored' or 'data_parallel', got {self.distribute!r}")
-        for name, knobs in self.datasets.items(): out += [f"{name}.{p}" for p in knobs.problems()]
-        return out
-
-    def __post_init__(self):
+    def __post_init__(self):  # `problems` follows below the profiles it checks against
         if problems := self.problems(): raise ValueError("invalid configuration: " + "; ".join(problems))
 
     def __getattr__(self, name: str):
@@ -109,10 +89,6 @@ class Config:
         if name in sections: return sections[name]
         raise AttributeError(f"Config has no field or dataset section {name!r} (sections: {sorted(sections)})")
 
-    def to_dict(self) -> dict:
-        "Plain JSON-ready dict (tuples become lists); each dataset's section is a nested dict under its name."
-        flat = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "datasets"}
-        return json.loads(json.dumps({**flat, **{k: asdict(v) for k, v in self.datasets.items()}}))
 
 # %% ../nbs/00_config.ipynb #9a953701
 PROFILES: dict[str, dict[str, Any]] = {
@@ -139,6 +115,35 @@ def _coerce(name: str, value, like):
         return tuple(_coerce(name, v, item) for v in value)
     try: return type(like)(value)
     except (TypeError, ValueError): raise ValueError(f"{name}: cannot read {value!r} as {type(like).__name__}") from None
+
+# %% ../nbs/00_config.ipynb #b7a85247
+def _problems(self: Config) -> list[str]:
+    "Everything wrong with these values, the datasets' sections included."
+    out = []
+    if self.profile not in PROFILES: out.append(f"profile {self.profile!r} is not one of {sorted(PROFILES)}")
+    for name in ("image_size", "batch_size", "max_epochs", "base_filters", "depth"):
+        if getattr(self, name) < 1: out.append(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.folds < 2: out.append(f"folds must be >= 2 for cross-validation, got {self.folds}")
+    if self.patience < 0: out.append(f"patience must be >= 0, got {self.patience}")
+    if self.min_epochs < 0: out.append(f"min_epochs must be >= 0, got {self.min_epochs}")
+    if self.steps_per_execution < 1: out.append(f"steps_per_execution must be >= 1, got {self.steps_per_execution}")
+    if not 0 <= self.bn_momentum < 1: out.append(f"bn_momentum must be in [0, 1), got {self.bn_momentum}")
+    if not 0 < self.learning_rate < 1: out.append(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+    if self.gradient_accumulation < 1 or self.batch_size % self.gradient_accumulation:
+        out.append(f"gradient_accumulation must be >= 1 and divide batch_size {self.batch_size}, got {self.gradient_accumulation}")
+    if self.negatives_ratio < 0: out.append(f"negatives_ratio must be >= 0, got {self.negatives_ratio}")
+    if self.distribute not in ("none", "mirrored", "data_parallel"):
+        out.append(f"distribute must be 'none', 'mirrored' or 'data_parallel', got {self.distribute!r}")
+    for name, knobs in self.datasets.items(): out += [f"{name}.{p}" for p in knobs.problems()]
+    return out
+
+def _to_dict(self: Config) -> dict:
+    "Plain JSON-ready dict (tuples become lists); each dataset's section is a nested dict under its name."
+    flat = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "datasets"}
+    return json.loads(json.dumps({**flat, **{k: asdict(v) for k, v in self.datasets.items()}}))
+
+# methods added after the class (what fastcore's `@patch` does): the fields and the checks each get a cell
+Config.problems, Config.to_dict = _problems, _to_dict
 
 # %% ../nbs/00_config.ipynb #e9eac5f8
 def _nest(overrides: dict) -> tuple[dict, dict]:
@@ -332,6 +337,7 @@ STARTUP_NOISE = re.compile(
     r"|\[IPKernelApp\] WARNING \| Kernel is running over TCP without encryption\..*"
     r"|\[IPKernelApp\] ERROR \| KeyboardInterrupt caught in kernel\.)$")  # papermill stopping a finished kernel
 
+# %% ../nbs/00_config.ipynb #9880d8e6
 class NativeStderrFilter:
     "Context manager: file descriptor 2 (and so every child process's) goes through a thread dropping `pattern` lines."
     def __init__(self, pattern=STARTUP_NOISE, enabled: bool = True):

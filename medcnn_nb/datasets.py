@@ -47,6 +47,7 @@ DICE_REDUCTIONS = {"per_image": dict(per_sample=True, skip_empty=False),  # one 
                    "per_image_nonempty": dict(per_sample=True, skip_empty=True)}  # per image, empty targets skipped
 "How a dataset's Dice losses reduce over a batch (`losses.DiceLoss`'s `per_sample` and `skip_empty`)."
 
+# %% ../nbs/05b_datasets.ipynb #72f36867
 @dataclass(frozen=True)
 class DatasetSpec:
     "Everything that is true of one dataset, looked up by name."
@@ -159,6 +160,7 @@ class LidcKnobs(DatasetKnobs):
         if self.crop not in ("lung", "body"): out.append(f"crop must be 'lung' or 'body', got {self.crop!r}")
         return out
 
+# %% ../nbs/05b_datasets.ipynb #542c1dff
 def lidc_params(cfg: Config) -> dict:
     "The settings that change the cached LIDC slices (and nothing else)."
     k = cfg.lidc
@@ -270,6 +272,7 @@ class BratsKnobs(DatasetKnobs):
         if self.labels not in ("", "2015", "2017", "2023"): out.append(f"labels must be 2015, 2017 or 2023, got {self.labels!r}")
         return out
 
+# %% ../nbs/05b_datasets.ipynb #9043a25b
 def mri_params(cfg: Config) -> dict:
     "The settings that change cached MRI slices: the image size and the normalisation percentiles."
     return dict(image_size=cfg.image_size, percentiles=list(MRI_PERCENTILES))

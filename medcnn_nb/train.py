@@ -25,10 +25,10 @@ from .splits import assert_no_leak
 from .transfer import load_unet_encoder
 
 # %% auto #0
-__all__ = ['CUSTOM_OBJECTS', 'inner_split', 'epoch_batches', 'resumable_callbacks', 'trim_history', 'distribution_scope',
-           'FoldSlices', 'fold_slices', 'fold_model', 'foreground_prior', 'restore_or_build', 'fit_fold',
-           'fold_finished', 'predict_probabilities', 'evaluate_fold', 'example_slices', 'write_fold', 'fold_manifest',
-           'train_fold']
+__all__ = ['CUSTOM_OBJECTS', 'inner_split', 'epoch_batches', 'ResumableEarlyStopping', 'Checkpoint', 'resumable_callbacks',
+           'trim_history', 'distribution_scope', 'FoldSlices', 'fold_slices', 'fold_model', 'foreground_prior',
+           'restore_or_build', 'fit_fold', 'fold_finished', 'predict_probabilities', 'evaluate_fold', 'example_slices',
+           'write_fold', 'fold_manifest', 'train_fold']
 
 # %% ../nbs/05c_train.ipynb #ec9718df
 def inner_split(train_cases: list[str],   # the fold's training patients
@@ -72,47 +72,53 @@ def epoch_batches(loader,            # a `loader.SliceLoader` (its order depends
     return EpochBatches()
 
 # %% ../nbs/05c_train.ipynb #cd783e42
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    "Keras' EarlyStopping that starts from a saved counter, best value and best weights (a resumed fold)."
+    def __init__(self, run_dir: Path,       # the fold's folder (`best.weights.h5`)
+                 state: dict | None = None, # the saved state when resuming, else None
+                 **kwargs):                 # `keras.callbacks.EarlyStopping`'s arguments
+        super().__init__(**kwargs); self.run_dir, self.state = Path(run_dir), state
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.state and self.state.get("early_stopping"):
+            es = self.state["early_stopping"]
+            self.wait, self.best, self.best_epoch = es["wait"], es["best"], es["best_epoch"]
+            if (self.run_dir / "best.weights.h5").exists():
+                tmp = keras.models.clone_model(self.model); tmp.load_weights(self.run_dir / "best.weights.h5")
+                self.best_weights = tmp.get_weights()
+
+class Checkpoint(keras.callbacks.Callback):
+    "Write last.keras, best.weights.h5 and state.json after each epoch (atomically)."
+    def __init__(self, run_dir: Path, es: ResumableEarlyStopping | None = None):
+        super().__init__(); self.run_dir, self.es = Path(run_dir), es
+    def on_epoch_end(self, epoch, logs=None):
+        tmp = self.run_dir / ".last.tmp.keras"
+        self.model.save(tmp); tmp.replace(self.run_dir / "last.keras")
+        es_state = None
+        if self.es is not None:
+            if self.es.best_weights is not None and self.es.best_epoch == epoch:
+                tmp = self.run_dir / ".best.tmp.weights.h5"
+                self.model.save_weights(tmp); tmp.replace(self.run_dir / "best.weights.h5")
+            es_state = dict(wait=self.es.wait, best=None if self.es.best is None else float(self.es.best),
+                            best_epoch=self.es.best_epoch)
+        write_json(self.run_dir / "state.json", {"epochs_done": epoch + 1, "early_stopping": es_state,
+                                                 "stopped": bool(self.model.stop_training)})
+
+# %% ../nbs/05c_train.ipynb #6444c06c
 def resumable_callbacks(run_dir: Path,        # the fold's folder
                         variant,              # the experiment's variant (`experiments.Variant`)
-                        cfg: Config,          # its `patience` 
+                        cfg: Config,          # its `patience`
                         state: dict | None,   # the saved state when resuming, else None
                         monitor: str = "val_loss" # what early stopping watches (mode min: a loss, paper §5.2)
                        ) -> list:
     "EarlyStopping (when the variant uses it), the checkpoint writer and a CSVLogger that appends."
-
-    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-        def on_train_begin(self, logs=None):
-            super().on_train_begin(logs)
-            if state and state.get("early_stopping"):
-                es = state["early_stopping"]
-                self.wait, self.best, self.best_epoch = es["wait"], es["best"], es["best_epoch"]
-                if (run_dir / "best.weights.h5").exists():
-                    tmp = keras.models.clone_model(self.model); tmp.load_weights(run_dir / "best.weights.h5")
-                    self.best_weights = tmp.get_weights()
-
-    class Checkpoint(keras.callbacks.Callback):
-        "Write last.keras, best.weights.h5 and state.json after each epoch (atomically)."
-        def __init__(self, es): super().__init__(); self.es = es
-        def on_epoch_end(self, epoch, logs=None):
-            tmp = run_dir / ".last.tmp.keras"
-            self.model.save(tmp); tmp.replace(run_dir / "last.keras")
-            es_state = None
-            if self.es is not None:
-                if self.es.best_weights is not None and self.es.best_epoch == epoch:
-                    tmp = run_dir / ".best.tmp.weights.h5"
-                    self.model.save_weights(tmp); tmp.replace(run_dir / "best.weights.h5")
-                es_state = dict(wait=self.es.wait, best=None if self.es.best is None else float(self.es.best),
-                                best_epoch=self.es.best_epoch)
-            write_json(run_dir / "state.json", {"epochs_done": epoch + 1, "early_stopping": es_state,
-                                                "stopped": bool(self.model.stop_training)})
-
     es = None
     if variant.early_stopping:
         # no epoch before cfg.min_epochs can become "best": an untrained model is never restored
-        es = ResumableEarlyStopping(monitor=monitor, mode="min", patience=cfg.patience, restore_best_weights=True,
-                                    verbose=0, start_from_epoch=cfg.min_epochs)
+        es = ResumableEarlyStopping(run_dir, state, monitor=monitor, mode="min", patience=cfg.patience,
+                                    restore_best_weights=True, verbose=0, start_from_epoch=cfg.min_epochs)
     # CSVLogger before the checkpoint: a kill between the two leaves one row too many, which resuming trims
-    return ([es] if es else []) + [keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True), Checkpoint(es)]
+    return ([es] if es else []) + [keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True), Checkpoint(run_dir, es)]
 
 def trim_history(path: Path, epochs_done: int) -> None:
     "Keep the header and the rows of the first `epochs_done` epochs of a CSVLogger file."
@@ -185,6 +191,7 @@ def _build(variant, cfg: Config, input_shape, out_channels: int, dice: dict | No
                   steps_per_execution=cfg.steps_per_execution)
     return model
 
+# %% ../nbs/05c_train.ipynb #fc92085b
 _COMPILED: dict = {}  # (variant's model and loss, shapes, cfg) -> a compiled model whose traced steps are reused
 
 def fold_model(variant, cfg: Config, input_shape, out_channels: int,
