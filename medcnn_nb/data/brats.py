@@ -62,6 +62,7 @@ def _year_from_files(names: list[str]) -> tuple[int, str] | None:
         if len(ids) == 1: return year, ids.pop()
     return None
 
+# %% ../../nbs/02b_data_brats.ipynb #23de2ef4
 def _find_layout(case_dir: Path) -> tuple[int, str, dict[str, Path | None], list[str]]:
     "(year, case id, {modality or 'seg': file or None}, file names) without checking that all are there."
     if not case_dir.is_dir(): raise DataError(case_dir, "not a folder")
@@ -112,6 +113,7 @@ class BratsCase:
         labels = None if self.seg is None else np.unique(self.seg).tolist()
         return f"BratsCase({self.case_id!r}, year={self.year}, shape={self.shape}, labels={labels})"
 
+# %% ../../nbs/02b_data_brats.ipynb #eb441266
 def _load_volume(path: Path) -> nib.Nifti1Image:
     "A 3D NIfTI image in RAS+ orientation; DataError for unreadable or non-3D files."
     try:
@@ -191,6 +193,7 @@ def _brain_mask(image: np.ndarray, files: dict, assumptions: list) -> np.ndarray
                            "cover the whole volume")
     return mask
 
+# %% ../../nbs/02b_data_brats.ipynb #bf209e96
 def load_brats_case(case_dir: str | Path,     # a BraTS case folder (2020, 2021 or 2023+ naming)
                     labels: str | None = None # label convention "2015", "2017", "2023" (default: the naming's)
                    ) -> BratsCase:
@@ -259,6 +262,7 @@ def find_brats_cases(root: str | Path # a dataset folder, any depth
         raise DataError(root, f"no BraTS case found: NIfTI folders {found} but none in BraTS naming; {_EXPECTED}")
     return cases
 
+# %% ../../nbs/02b_data_brats.ipynb #5fbc3cc7
 def scan_brats(root: str | Path,         # a dataset folder, any depth
                labels: str | None = None # label convention, see `map_labels`
               ) -> list[dict]:
