@@ -12,7 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .core import DataError, walk_files
+from .core import DataError, case_problems, walk_files
 
 # %% auto #0
 __all__ = ['MODALITIES', 'REGIONS', 'YEARS', 'SUFFIXES', 'LABEL_CONVENTIONS', 'LABEL_RELEASES', 'LABEL_MAPS', 'CASE_PATTERNS',
@@ -274,15 +274,11 @@ def scan_brats(root: str | Path,         # a dataset folder, any depth
     for d in folders:
         row = dict(case_id=d.name, path=str(d), ok=False, year=None, modalities=[], shape=None, labels=None, problems=[],
                    assumptions=[])
-        try:
+        with case_problems(d, row["problems"]):  # a broken case is reported, and the scan goes on
             row["year"], row["case_id"], files, _ = _find_layout(d)
             row["modalities"] = [m for m in (*MODALITIES, "seg") if files[m] is not None]
             case = load_brats_case(d, labels)
             row.update(ok=True, shape=list(case.shape), problems=list(case.problems), assumptions=list(case.assumptions),
                        labels=None if case.seg is None else np.unique(case.seg).tolist())
-        except DataError as e: row["problems"].append(str(e))
-        except Exception as e:  # a reader bug must not hide the other cases; say so in words
-            row["problems"].append(f"{d}: this case could not be read ({e or type(e).__name__}); the reader did not "
-                                   "expect it, which is a bug in medcnn_nb: please report it")
         rows.append(row)
     return rows
