@@ -18,6 +18,14 @@ from .preprocess import SliceSet
 __all__ = ['SliceLoader']
 
 # %% ../nbs/02i_loader.ipynb #0e7d67d1
+def _read_rows(sliceset: SliceSet, idx: np.ndarray) -> tuple:
+    "(images as float32, masks) of the slices `idx`, in that order, read from `sliceset` in ascending order."
+    ascending = np.argsort(idx)                        # memory maps read fastest in file order
+    back = np.empty_like(ascending); back[ascending] = np.arange(len(idx))
+    rows = idx[ascending]
+    return np.asarray(sliceset.images[rows], dtype=np.float32)[back], np.asarray(sliceset.masks[rows])[back]
+
+# %% ../nbs/02i_loader.ipynb #e2a349bd
 class SliceLoader(keras.utils.PyDataset):
     "Batches `(images, masks)` of the slices `indices`, reshuffled each epoch, optionally augmented."
     def __init__(self, sliceset: SliceSet,     # the dataset's slices
@@ -48,11 +56,7 @@ class SliceLoader(keras.utils.PyDataset):
     def __getitem__(self, i: int):
         if not 0 <= i < len(self): raise IndexError(f"batch {i} of {len(self)}")
         idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
-        ascending = np.argsort(idx)                        # memory maps read fastest in file order
-        back = np.empty_like(ascending); back[ascending] = np.arange(len(idx))
-        rows = idx[ascending]
-        images = np.asarray(self.sliceset.images[rows], dtype=np.float32)[back]
-        masks = np.asarray(self.sliceset.masks[rows])[back]
+        images, masks = _read_rows(self.sliceset, idx)
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             images, masks = random_affine_batch(images, masks, rng, **self.augment_kwargs)

@@ -119,6 +119,7 @@ class DiceBCELoss(keras.losses.Loss):
         return {**super().get_config(), "dice_weight": self.dice_weight, "bce_weight": self.bce_weight,
                 "squared": d.squared, "smooth": d.smooth, "per_sample": d.per_sample, "skip_empty": d.skip_empty}
 
+# %% ../nbs/03b_losses.ipynb #48710d7e
 @keras.saving.register_keras_serializable(package="medcnn_nb")
 class DiceFocalLoss(keras.losses.Loss):
     "`dice_weight * DiceLoss + focal_weight * FocalLoss` (binary focal)."

@@ -30,6 +30,7 @@ def plain_block(x, filters: int, name: str):
     "The baseline level: two conv3x3-BN-ReLU."
     return conv_bn_relu(conv_bn_relu(x, filters, f"{name}_a"), filters, f"{name}_b")
 
+# %% ../nbs/03a_models.ipynb #24cb1789
 def residual_block(x, filters: int, name: str):
     "ResNet basic block: conv-BN-ReLU-conv-BN plus the input (1x1-projected when the width changes), then ReLU."
     shortcut = x
@@ -42,6 +43,7 @@ def residual_block(x, filters: int, name: str):
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.ReLU(name=f"{name}_out")(y)
 
+# %% ../nbs/03a_models.ipynb #70a37903
 def dense_block(x, filters: int, name: str,
                 n_layers: int = 5,     # BN-ReLU-conv layers in the block
                 growth: int | None = None): # channels each layer adds (default: filters // 4, at least 4)
@@ -68,6 +70,18 @@ def _encoder(x, block, base_filters: int, depth: int):
         x = layers.MaxPooling2D(2, name=f"pool{level + 1}")(x)
     return block(x, base_filters * 2**depth, "bottleneck"), skips
 
+# %% ../nbs/03a_models.ipynb #30f6d6c9
+def _settle(model: keras.Model, bn_momentum: float, output_bias) -> keras.Model:
+    "Set every BatchNorm's momentum and the head's initial bias (the last layer is the head)."
+    if not 0 <= bn_momentum < 1: raise ValueError(f"bn_momentum must be in [0, 1), got {bn_momentum}")
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization): layer.momentum = float(bn_momentum)  # read when traced
+    if output_bias is not None:
+        head = model.layers[-1]
+        head.bias.assign(np.broadcast_to(np.asarray(output_bias, np.float32), head.bias.shape))
+    return model
+
+# %% ../nbs/03a_models.ipynb #db10f415
 def build_model(arch: str,               # one of SEGMENTATION_ARCHS or CLASSIFIER_ARCHS
                 input_shape: tuple,      # (H, W, C), channels-last; H and W divisible by 2**depth
                 out_channels: int = 1,   # LIDC: 1; BraTS: 3 (WT, TC, ET)
@@ -96,16 +110,6 @@ def build_model(arch: str,               # one of SEGMENTATION_ARCHS or CLASSIFI
         x = block(x, base_filters * 2**level, f"dec{level + 1}")
     outputs = layers.Conv2D(out_channels, 1, activation="sigmoid", dtype="float32", name="head_conv")(x)
     return _settle(keras.Model(inputs, outputs, name=arch), bn_momentum, output_bias)
-
-def _settle(model: keras.Model, bn_momentum: float, output_bias) -> keras.Model:
-    "Set every BatchNorm's momentum and the head's initial bias (the last layer is the head)."
-    if not 0 <= bn_momentum < 1: raise ValueError(f"bn_momentum must be in [0, 1), got {bn_momentum}")
-    for layer in model.layers:
-        if isinstance(layer, layers.BatchNormalization): layer.momentum = float(bn_momentum)  # read when traced
-    if output_bias is not None:
-        head = model.layers[-1]
-        head.bias.assign(np.broadcast_to(np.asarray(output_bias, np.float32), head.bias.shape))
-    return model
 
 # %% ../nbs/03a_models.ipynb #beeaaa1b
 def describe(model: keras.Model | str,    # a model from `build_model`, or an arch name to build

@@ -237,6 +237,7 @@ def data_folders(given: dict, cfg: Config, phantoms: Path, timings: dict) -> dic
         timings[f"phantoms_{name}"] = round(time.perf_counter() - t0, 1)
     return out
 
+# %% ../nbs/06b_paper.ipynb #ca303c5a
 def main(argv=None) -> int:
     "Entry point of `medcnn-paper`: run every experiment, then the aggregation; print the products."
     args = _parser().parse_args(argv)
@@ -244,6 +245,7 @@ def main(argv=None) -> int:
     with NativeStderrFilter(enabled=not args.verbose):       # kernels and workers inherit the filtered stderr
         return run(args)
 
+# %% ../nbs/06b_paper.ipynb #b9e00e5e
 def run(args: argparse.Namespace # `medcnn-paper`'s parsed arguments
        ) -> int:
     "The body of `medcnn-paper`: phantoms, the data check, the papermill jobs, the aggregation, the products."

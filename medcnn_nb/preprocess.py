@@ -179,10 +179,12 @@ def preprocess_ct(hu: np.ndarray,          # (z, y, x) HU
                 roi=resize_slices(crop_box(body, box), image_size, order=0),
                 spacing=(float(spacing[0]), spacing[1] * side / image_size, spacing[2] * side / image_size))
 
+# %% ../nbs/02f_preprocess.ipynb #efbcb852
 def axial(volume: np.ndarray) -> np.ndarray:
     "A RAS+ volume `(x, y, z, ...)` as axial slices `(z, y, x, ...)`, anterior at the top."
     return np.ascontiguousarray(np.swapaxes(volume, 0, 2)[:, ::-1])
 
+# %% ../nbs/02f_preprocess.ipynb #9e7543db
 def preprocess_mri(image: np.ndarray,      # (x, y, z, C) modalities in RAS+
                    brain: np.ndarray,      # (x, y, z) bool brain mask
                    regions: np.ndarray | None, # (x, y, z, K) bool targets, or None
@@ -207,8 +209,23 @@ def preprocess_mri(image: np.ndarray,      # (x, y, z, C) modalities in RAS+
 CACHE_VERSION = 2  # bump when the preprocessing code changes what it writes
 ARRAYS = ("images", "masks", "roi", "slice_index", "positive")
 
+# %% ../nbs/02f_preprocess.ipynb #422f8ecd
+class _ReopensMaps:
+    "Pickled without its arrays when opened from a cache folder (`path`): the receiver reopens the memory maps."
+    def __getstate__(self):
+        # Worker processes reopen the memory maps instead of receiving copies of the arrays.
+        state = dict(self.__dict__)
+        if self.path is not None:
+            for name in ("images", "masks", "roi"): state[name] = None
+        return state
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.path is not None and self.images is None:
+            for name in ("images", "masks", "roi"): setattr(self, name, np.load(self.path / f"{name}.npy", mmap_mode="r"))
+
+# %% ../nbs/02f_preprocess.ipynb #6fd5bae7
 @dataclass
-class SliceSet:
+class SliceSet(_ReopensMaps):
     "Every axial slice of a dataset, preprocessed; arrays are memory maps when opened from the cache."
     images: np.ndarray       # (N, H, W, C) float32 in [0, 1]
     masks: np.ndarray        # (N, H, W, K) uint8 in {0, 1}
@@ -236,16 +253,6 @@ class SliceSet:
     def case_has_positive(self) -> dict[str, bool]:
         "case_id -> whether any of its slices is positive."
         return {c: bool(self.positive[self.case_ids == c].any()) for c in self.cases}
-    def __getstate__(self):
-        # Worker processes reopen the memory maps instead of receiving copies of the arrays.
-        state = dict(self.__dict__)
-        if self.path is not None:
-            for name in ("images", "masks", "roi"): state[name] = None
-        return state
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        if self.path is not None and self.images is None:
-            for name in ("images", "masks", "roi"): setattr(self, name, np.load(self.path / f"{name}.npy", mmap_mode="r"))
 
 # %% ../nbs/02f_preprocess.ipynb #2fb8fd9b
 def cache_key(dataset: str, fingerprint: str, params: dict) -> str:

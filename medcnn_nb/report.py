@@ -144,6 +144,7 @@ def _fold_stats(values) -> dict:
     return dict(fold_mean=float(x.mean()) if len(x) else math.nan,
                 fold_sd=float(x.std(ddof=1)) if len(x) > 1 else math.nan, folds=int(len(x)))
 
+# %% ../nbs/06a_report.ipynb #13113903
 def compare(a: pd.DataFrame, b: pd.DataFrame, # `patient_parts` of two variants
             seed: int = 0) -> dict:
     "b - a on the patients both have: the paired bootstrap (`diff*`) and the Wilcoxon test of per-patient values (`p`)."
@@ -154,6 +155,7 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, # `patient_parts` of two variants
     return {"diff": diff["value"], "diff_ci_low": diff["ci_low"], "diff_ci_high": diff["ci_high"], "diff_n": diff["n"],
             "p": test["p"], "p_n": test["n"], "p_method": test["method"]}
 
+# %% ../nbs/06a_report.ipynb #c2102034
 def results_table(dataset: str,          # a registered dataset's name
                   fold_metrics: dict,    # variant -> list of per-fold metrics dicts
                   rows: list[Row] | None = None, # default: the dataset's rows
@@ -348,6 +350,24 @@ def save_figure(fig,                    # a plotly figure
     return paths
 
 # %% ../nbs/06a_report.ipynb #0ccb77d1
+def _value_traces(fig, t: pd.DataFrame, x: list, variants, colours: dict, col: int):
+    "Row 1 of one panel of Figure 3: per variant our bars (95 % CI) and the paper's dashes, then 'predicting nothing'."
+    for v in variants:
+        if f"{v}_value" not in t: continue
+        err = dict(type="data", symmetric=False, array=(t[f"{v}_ci_high"] - t[f"{v}_value"]).fillna(0),
+                   arrayminus=(t[f"{v}_value"] - t[f"{v}_ci_low"]).fillna(0))
+        fig.add_trace(go.Bar(x=x, y=t[f"{v}_value"], name=f"{v} (ours)", offsetgroup=v, error_y=err,
+                             marker_color=colours.get(v), legendgroup=v, showlegend=col == 1), row=1, col=col)
+        fig.add_trace(go.Scatter(x=x, y=t[f"{v}_paper"], mode="markers", name=f"{v} (paper)",
+                                 offsetgroup=v, legendgroup=v + "paper", showlegend=col == 1,
+                                 marker=dict(symbol="line-ew-open", size=22, line=dict(width=3),
+                                             color="black" if v == "optimised" else "#d62728")),
+                      row=1, col=col)
+    fig.add_trace(go.Scatter(x=x, y=t["nothing"], mode="markers", name="predicting nothing", legendgroup="nothing",
+                             showlegend=col == 1, marker=dict(symbol="x-thin-open", size=12, line=dict(width=2),
+                                                              color="#7f7f7f")), row=1, col=col)
+
+# %% ../nbs/06a_report.ipynb #306715cc
 def figure3(tables: dict[str, pd.DataFrame], # dataset -> `results_table`
             variants=VARIANT_COLUMNS          # bar groups, in order
            ):
@@ -359,20 +379,7 @@ def figure3(tables: dict[str, pd.DataFrame], # dataset -> `results_table`
         claimed = {r.key: r.claim for r in get_dataset(dataset).rows if r.claim}
         t = table[table["key"].isin(list(claimed))]
         x = [claimed[k].capitalize() for k in t["key"]]
-        for v in variants:
-            if f"{v}_value" not in t: continue
-            err = dict(type="data", symmetric=False, array=(t[f"{v}_ci_high"] - t[f"{v}_value"]).fillna(0),
-                       arrayminus=(t[f"{v}_value"] - t[f"{v}_ci_low"]).fillna(0))
-            fig.add_trace(go.Bar(x=x, y=t[f"{v}_value"], name=f"{v} (ours)", offsetgroup=v, error_y=err,
-                                 marker_color=colours.get(v), legendgroup=v, showlegend=col == 1), row=1, col=col)
-            fig.add_trace(go.Scatter(x=x, y=t[f"{v}_paper"], mode="markers", name=f"{v} (paper)",
-                                     offsetgroup=v, legendgroup=v + "paper", showlegend=col == 1,
-                                     marker=dict(symbol="line-ew-open", size=22, line=dict(width=3),
-                                                 color="black" if v == "optimised" else "#d62728")),
-                          row=1, col=col)
-        fig.add_trace(go.Scatter(x=x, y=t["nothing"], mode="markers", name="predicting nothing", legendgroup="nothing",
-                                 showlegend=col == 1, marker=dict(symbol="x-thin-open", size=12, line=dict(width=2),
-                                                                  color="#7f7f7f")), row=1, col=col)
+        _value_traces(fig, t, x, variants, colours, col)
         if "diff" in t:
             err = dict(type="data", symmetric=False, array=(t["diff_ci_high"] - t["diff"]).fillna(0),
                        arrayminus=(t["diff"] - t["diff_ci_low"]).fillna(0))

@@ -285,3 +285,19 @@ def test_misnamed_seg_is_reported_not_used(tmp_path):
     assert case.seg is None and case.problems == [f"{d}: ignored NIfTI files not in BraTS 2020 naming: ['W39_1998.09.19_Segm.nii']"]
     (row,) = scan_brats(tmp_path)
     assert row["ok"] and row["labels"] is None and row["problems"] == case.problems
+
+
+def test_scan_reports_an_unexpected_reader_error_and_goes_on(tmp_path, monkeypatch):
+    "A reader bug (here a KeyError) in one case is that case's problem, worded as a bug; the next case still loads."
+    import medcnn_nb.data.brats as brats
+    folders = write_brats_phantoms(tmp_path, patients=2, seed=0, size=32, slices=12)
+    real = brats.load_brats_case
+    def flaky(d, labels=None):
+        if Path(d).name == folders[0].name: raise KeyError("t1")
+        return real(d, labels)
+    monkeypatch.setattr(brats, "load_brats_case", flaky)
+    rows = {r["case_id"]: r for r in scan_brats(tmp_path)}
+    assert [rows[f.name]["ok"] for f in folders] == [False, True]
+    assert rows[folders[0].name]["problems"] == [
+        f"{folders[0]}: this case could not be read ('t1'); the reader did not expect it, which is a bug in medcnn_nb: "
+        "please report it"]

@@ -134,3 +134,18 @@ def test_paper_command_on_msd_phantoms(tmp_path):
     assert len(folds) == 2 and t.loc[3, "optimised_mean"] == pytest.approx(np.mean([f["dice_wt"] for f in folds]))
     assert "MSD Task01_BrainTumour (not in the paper)" in (root / "tables" / "table_msd.md").read_text()
     assert {"figure1_pipeline_msd", "figure3_results"} <= set(products["figures"])
+
+
+def test_scan_reports_an_unexpected_reader_error_and_goes_on(tmp_path, monkeypatch):
+    "A reader bug (here a ZeroDivisionError) in one case is that case's problem, worded as a bug; the next case still loads."
+    import medcnn_nb.data.msd as msd
+    images = write_msd_phantoms(tmp_path / "Task01_BrainTumour", patients=2, seed=5, size=32, slices=16)
+    real = msd.load_msd_case
+    def flaky(image):
+        if Path(image).name == images[0].name: raise ZeroDivisionError("division by zero")
+        return real(image)
+    monkeypatch.setattr(msd, "load_msd_case", flaky)
+    rows = scan_msd(tmp_path / "Task01_BrainTumour")
+    assert [r["ok"] for r in rows] == [False, True]
+    assert rows[0]["problems"] == [f"{rows[0]['path']}: this case could not be read (division by zero); the reader did "
+                                   "not expect it, which is a bug in medcnn_nb: please report it"]

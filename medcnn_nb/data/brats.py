@@ -12,7 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .core import DataError, walk_files
+from .core import DataError, case_problems, walk_files
 
 # %% auto #0
 __all__ = ['MODALITIES', 'REGIONS', 'YEARS', 'SUFFIXES', 'LABEL_CONVENTIONS', 'LABEL_RELEASES', 'LABEL_MAPS', 'CASE_PATTERNS',
@@ -62,6 +62,7 @@ def _year_from_files(names: list[str]) -> tuple[int, str] | None:
         if len(ids) == 1: return year, ids.pop()
     return None
 
+# %% ../../nbs/02b_data_brats.ipynb #23de2ef4
 def _find_layout(case_dir: Path) -> tuple[int, str, dict[str, Path | None], list[str]]:
     "(year, case id, {modality or 'seg': file or None}, file names) without checking that all are there."
     if not case_dir.is_dir(): raise DataError(case_dir, "not a folder")
@@ -112,6 +113,7 @@ class BratsCase:
         labels = None if self.seg is None else np.unique(self.seg).tolist()
         return f"BratsCase({self.case_id!r}, year={self.year}, shape={self.shape}, labels={labels})"
 
+# %% ../../nbs/02b_data_brats.ipynb #eb441266
 def _load_volume(path: Path) -> nib.Nifti1Image:
     "A 3D NIfTI image in RAS+ orientation; DataError for unreadable or non-3D files."
     try:
@@ -191,6 +193,7 @@ def _brain_mask(image: np.ndarray, files: dict, assumptions: list) -> np.ndarray
                            "cover the whole volume")
     return mask
 
+# %% ../../nbs/02b_data_brats.ipynb #bf209e96
 def load_brats_case(case_dir: str | Path,     # a BraTS case folder (2020, 2021 or 2023+ naming)
                     labels: str | None = None # label convention "2015", "2017", "2023" (default: the naming's)
                    ) -> BratsCase:
@@ -259,6 +262,7 @@ def find_brats_cases(root: str | Path # a dataset folder, any depth
         raise DataError(root, f"no BraTS case found: NIfTI folders {found} but none in BraTS naming; {_EXPECTED}")
     return cases
 
+# %% ../../nbs/02b_data_brats.ipynb #5fbc3cc7
 def scan_brats(root: str | Path,         # a dataset folder, any depth
                labels: str | None = None # label convention, see `map_labels`
               ) -> list[dict]:
@@ -270,15 +274,11 @@ def scan_brats(root: str | Path,         # a dataset folder, any depth
     for d in folders:
         row = dict(case_id=d.name, path=str(d), ok=False, year=None, modalities=[], shape=None, labels=None, problems=[],
                    assumptions=[])
-        try:
+        with case_problems(d, row["problems"]):  # a broken case is reported, and the scan goes on
             row["year"], row["case_id"], files, _ = _find_layout(d)
             row["modalities"] = [m for m in (*MODALITIES, "seg") if files[m] is not None]
             case = load_brats_case(d, labels)
             row.update(ok=True, shape=list(case.shape), problems=list(case.problems), assumptions=list(case.assumptions),
                        labels=None if case.seg is None else np.unique(case.seg).tolist())
-        except DataError as e: row["problems"].append(str(e))
-        except Exception as e:  # a reader bug must not hide the other cases; say so in words
-            row["problems"].append(f"{d}: this case could not be read ({e or type(e).__name__}); the reader did not "
-                                   "expect it, which is a bug in medcnn_nb: please report it")
         rows.append(row)
     return rows

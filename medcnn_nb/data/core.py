@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
 # %% auto #0
-__all__ = ['DataError', 'printable', 'walk_files', 'data_fingerprint']
+__all__ = ['DataError', 'case_problems', 'printable', 'walk_files', 'data_fingerprint']
 
 # %% ../../nbs/02_data_core.ipynb #5b3231bf
 class DataError(ValueError):
@@ -20,6 +21,18 @@ class DataError(ValueError):
                  problem: str): # what is wrong with it, in words
         self.path, self.problem = Path(path), problem
         super().__init__(f"{self.path}: {problem}")
+
+# %% ../../nbs/02_data_core.ipynb #4707aa0c
+@contextmanager
+def case_problems(path,          # the case being read, named in the message of an unexpected error
+                  problems: list # the case's problems: the message is appended here
+                 ):
+    "Inside: a DataError becomes a message in `problems`; any other exception too, as a bug in medcnn_nb."
+    try: yield
+    except DataError as e: problems.append(str(e))
+    except Exception as e:  # a reader bug must not hide the other cases; say so in words
+        problems.append(f"{path}: this case could not be read ({e or type(e).__name__}); the reader did not "
+                        "expect it, which is a bug in medcnn_nb: please report it")
 
 # %% ../../nbs/02_data_core.ipynb #5b25f449
 def printable(text # anything; its str() is escaped

@@ -118,6 +118,7 @@ def _plane(iop: np.ndarray) -> str:
     "axial, coronal or sagittal: the patient axis closest to the slice normal."
     return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(np.cross(iop[:3], iop[3:]))))]
 
+# %% ../../nbs/02a_data_lidc.ipynb #4b93c3d1
 def _odd_one(values: list, files: list, what: str, show=str):
     "DataError naming the first file whose value differs from the series' most common one."
     def key(v):
@@ -137,6 +138,7 @@ def _required(values: list, files: list, keyword: str, module: str, consequence:
         raise DataError(missing[0], f"no {keyword} ({len(missing)} of {len(files)} slices lack it); it is Type 1 (required) "
                                     f"in the {module}, and without it {consequence}")
 
+# %% ../../nbs/02a_data_lidc.ipynb #c28bd23e
 def _geometry(slices: list, files: list) -> tuple:
     "(orientation (6,), positions (n, 3), pixel spacing (2,)), each field checked file by file."
     iops = [_numbers(ds, "ImageOrientationPatient", 6, f) for ds, f in zip(slices, files)]
@@ -193,17 +195,17 @@ def _slice_gap(slices: list, files: list, assumptions: list) -> float:
     return 0.0
 
 # %% ../../nbs/02a_data_lidc.ipynb #f488b7d2
-def read_series(files_or_folder,     # a folder holding ONE series, or a list of its files
-                strict: bool = True  # raise on gaps and duplicated positions (else: warn in `.problems`)
-               ) -> CTSeries:
-    "Read one DICOM series, sorted along the slice normal, in HU (float32); every header field that changes a number is checked."
+def _series_files(files_or_folder) -> tuple:
+    "(the folder to name in messages, the candidate DICOM files) of a folder or a list of files."
     if isinstance(files_or_folder, (str, Path)):
         where = Path(files_or_folder)
         if not where.exists(): raise DataError(where, "no such file or folder")
-        files = _dicom_files(where)
-    else:
-        files = [Path(f) for f in files_or_folder]
-        where = Path(os.path.commonpath([str(f.parent) for f in files])) if files else Path(".")
+        return where, _dicom_files(where)
+    files = [Path(f) for f in files_or_folder]
+    return (Path(os.path.commonpath([str(f.parent) for f in files])) if files else Path(".")), files
+
+def _one_series(files: list, where: Path) -> tuple:
+    "(slices, their files, the series UID): every file read once; a DICOMDIR skipped; two series refused."
     slices, used = [], []
     for p in files:
         ds = _read_slice(p)
@@ -220,13 +222,13 @@ def read_series(files_or_folder,     # a folder holding ONE series, or a list of
         for ds, p in zip(slices, used): first.setdefault(str(ds.get("SeriesInstanceUID", "")), p.name)
         listing = ", ".join(f"{uid or '<none>'} ({n} files, e.g. {first[uid]})" for uid, n in per_series.most_common())
         raise DataError(where, f"{len(per_series)} series mixed in one folder: {listing}; separate them with find_series()")
-    problems, assumptions = [], []
-    _odd_one([(ds.get("Rows"), ds.get("Columns")) for ds in slices], used, "size (Rows, Columns)",
-             lambda v: f"{v[0]}x{v[1]}")
-    iop, pos, ps = _geometry(slices, used)
-    rescale = _rescale(slices, used, assumptions)
-    pixels = [_stored_pixels(ds, p) for ds, p in zip(slices, used)]
-    d = pos @ np.cross(iop[:3], iop[3:])
+    return slices, used, next(iter(per_series))
+
+# %% ../../nbs/02a_data_lidc.ipynb #dc85bc7f
+def _sort_slices(d: np.ndarray,  # (n,) each slice's position along the normal, mm
+                 used: list,     # (n,) the file of each slice, for the messages
+                 where: Path, strict: bool, problems: list) -> tuple:
+    "(order along the normal, slice spacing or None for one slice); duplicates and gaps raise, or warn if not `strict`."
     order = np.argsort(d, kind="stable")
     d_sorted = d[order]
     steps = np.diff(d_sorted)
@@ -238,26 +240,47 @@ def read_series(files_or_folder,     # a folder holding ONE series, or a list of
         problems.append(msg)
         keep = np.ones(len(order), bool); keep[dup + 1] = False
         order, d_sorted = order[keep], d_sorted[keep]; steps = np.diff(d_sorted)
-    if steps.size:
-        dz = float(np.median(steps))
-        for i in np.flatnonzero(steps > 1.5 * dz):
-            msg = (f"missing slices: a gap of {steps[i]:.2f} mm between positions {d_sorted[i]:.2f} and "
-                   f"{d_sorted[i + 1]:.2f} mm ({used[order[i]].name} and {used[order[i + 1]].name}; slice spacing "
-                   f"{dz:.2f} mm, about {round(steps[i] / dz) - 1} slices missing)")
-            if strict: raise DataError(where, msg)
-            problems.append(msg)
-    else: dz = _slice_gap(slices, used, assumptions)
+    if not steps.size: return order, None
+    dz = float(np.median(steps))
+    for i in np.flatnonzero(steps > 1.5 * dz):
+        msg = (f"missing slices: a gap of {steps[i]:.2f} mm between positions {d_sorted[i]:.2f} and "
+               f"{d_sorted[i + 1]:.2f} mm ({used[order[i]].name} and {used[order[i + 1]].name}; slice spacing "
+               f"{dz:.2f} mm, about {round(steps[i] / dz) - 1} slices missing)")
+        if strict: raise DataError(where, msg)
+        problems.append(msg)
+    return order, dz
+
+def _to_hu(pixels: list, rescale: list, order: np.ndarray) -> np.ndarray:
+    "The (z, y, x) float32 volume in `order`, each slice `slope * stored + intercept`."
     hu = np.empty((len(order),) + pixels[0].shape, np.float32)
     for i, j in enumerate(order):
         (slope, intercept), out = rescale[j], hu[i]
         out[...] = pixels[j]
         if slope != 1: out *= slope
         if intercept: out += intercept
+    return hu
+
+# %% ../../nbs/02a_data_lidc.ipynb #2c4ad1eb
+def read_series(files_or_folder,     # a folder holding ONE series, or a list of its files
+                strict: bool = True  # raise on gaps and duplicated positions (else: warn in `.problems`)
+               ) -> CTSeries:
+    "Read one DICOM series, sorted along the slice normal, in HU (float32); every header field that changes a number is checked."
+    where, files = _series_files(files_or_folder)
+    slices, used, series_uid = _one_series(files, where)
+    problems, assumptions = [], []
+    _odd_one([(ds.get("Rows"), ds.get("Columns")) for ds in slices], used, "size (Rows, Columns)",
+             lambda v: f"{v[0]}x{v[1]}")
+    iop, pos, ps = _geometry(slices, used)
+    rescale = _rescale(slices, used, assumptions)
+    pixels = [_stored_pixels(ds, p) for ds, p in zip(slices, used)]
+    order, dz = _sort_slices(pos @ np.cross(iop[:3], iop[3:]), used, where, strict, problems)
+    if dz is None: dz = _slice_gap(slices, used, assumptions)
+    hu = _to_hu(pixels, rescale, order)
     no_uid = [used[j] for j in order if not slices[j].get("SOPInstanceUID")]
     if no_uid: assumptions.append(f"{no_uid[0]}: no SOPInstanceUID (0008,0018) in {len(no_uid)} of {len(order)} slices "
                                   "(Type 1 in the SOP Common module, PS3.3 C.12.1): the readers' ROIs are placed on those "
                                   "slices by z position only")
-    return CTSeries(series_uid=next(iter(per_series)), patient_id=str(slices[0].get("PatientID", "")), hu=hu,
+    return CTSeries(series_uid=series_uid, patient_id=str(slices[0].get("PatientID", "")), hu=hu,
                     spacing=(dz, float(ps[0]), float(ps[1])), z_positions=pos[order, 2].copy(),
                     sop_uids=np.array([str(slices[j].get("SOPInstanceUID", "")) for j in order]),
                     files=[used[j] for j in order], problems=problems, assumptions=assumptions)
@@ -286,6 +309,7 @@ class NonNodule:
     sop_uid: str | None
     xy: np.ndarray         # (1, 2) the marked point
 
+# %% ../../nbs/02a_data_lidc.ipynb #bb65b901
 @dataclass
 class Reader:
     "One reading session."
@@ -362,6 +386,7 @@ def _characteristics(n, path: Path, where: str, problems: list) -> dict:
         else: ch[name] = int(v)
     return ch
 
+# %% ../../nbs/02a_data_lidc.ipynb #258b80ce
 def _reader(session, i: int, path: Path, problems: list) -> Reader:
     rid = _text(session, "servicingRadiologistID", f"reader{i + 1}")
     nodules, small = [], []
@@ -380,15 +405,19 @@ def _reader(session, i: int, path: Path, problems: list) -> Reader:
     return Reader(rid, nodules, small, non)
 
 # %% ../../nbs/02a_data_lidc.ipynb #3b0d88a1
+def _xml_root(path: Path):
+    "The root element of an XML file; DataError for a folder, a missing file, unreadable or ill-formed XML."
+    if path.is_dir(): raise DataError(path, "is a folder, not an XML file (give one LIDC XML file; `medcnn-data lidc` scans folders)")
+    if not path.is_file(): raise DataError(path, "no such XML file")
+    try: return ET.parse(path).getroot()
+    except ET.ParseError as e: raise DataError(path, f"not well-formed XML ({e})") from e
+    except OSError as e: raise DataError(path, f"cannot be read ({e.strerror or e})") from None
+
 def parse_lidc_xml(path: str | Path  # a LIDC-IDRI annotation file
                   ) -> LidcAnnotation:
     "Parse one LIDC XML file (versions 1.7-1.8.1); chest X-ray reads come back with `kind='xray'` and no readers."
     path = Path(path)
-    if path.is_dir(): raise DataError(path, "is a folder, not an XML file (give one LIDC XML file; `medcnn-data lidc` scans folders)")
-    if not path.is_file(): raise DataError(path, "no such XML file")
-    try: root = ET.parse(path).getroot()
-    except ET.ParseError as e: raise DataError(path, f"not well-formed XML ({e})") from e
-    except OSError as e: raise DataError(path, f"cannot be read ({e.strerror or e})") from None
+    root = _xml_root(path)
     kind = {"LidcReadMessage": "ct", "IdriReadMessage": "xray"}.get(_local(root.tag))
     if kind is None:
         raise DataError(path, f"not a LIDC annotation file: root element <{_local(root.tag)}>, expected "
@@ -413,6 +442,7 @@ def parse_lidc_xml(path: str | Path  # a LIDC-IDRI annotation file
         if seen[r.id] > 1: r.id = f"{r.id}#{seen[r.id]}"
     return LidcAnnotation(path, series_uid, kind, version, readers, problems=problems)
 
+# %% ../../nbs/02a_data_lidc.ipynb #4c338cd0
 def rois_outside(ann: LidcAnnotation, # a parsed annotation
                  rows: int, cols: int # the size of the series' slices
                 ) -> list[str]:
@@ -590,6 +620,7 @@ def _link(a: BoxMask, b: BoxMask, spacing: tuple, tol: float):
     d = float(ndimage.distance_transform_edt(~A, sampling=spacing)[B].min())  # nearest voxel of A from B
     return (d, 0.0) if d <= tol else None
 
+# %% ../../nbs/02a_data_lidc.ipynb #32c6ad1f
 def group_marks(marks: list,                   # (reader id, BoxMask of the region the mark covers) per mark
                 spacing: tuple,                # (z, y, x) mm
                 tol_mm: float | None = None,   # marks this close (mm) still link (default: the largest spacing)

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..config import atomic_write
 from .brats import MODALITIES, BratsCase, _brain_mask
-from .core import DataError
+from .core import DataError, case_problems
 from .phantom_brats import _nifti_gz, brats_phantom
 
 # %% auto #0
@@ -106,14 +106,10 @@ def scan_msd(root: str | Path) -> list[dict]:
     for image in find_msd_cases(root):
         row = dict(case_id=image.name.split(".")[0], path=str(image), ok=False, channels=None, shape=None, labels=None,
                    problems=[], assumptions=[])
-        try:
+        with case_problems(image, row["problems"]):  # a broken case is reported, and the scan goes on
             case = load_msd_case(image)
             row.update(ok=True, channels=list(MODALITIES), shape=list(case.shape), assumptions=list(case.assumptions),
                        labels=None if case.seg is None else np.unique(case.seg).tolist())
-        except DataError as e: row["problems"].append(str(e))
-        except Exception as e:  # a reader bug must not hide the other cases; say so in words
-            row["problems"].append(f"{image}: this case could not be read ({e or type(e).__name__}); the reader did not "
-                                   "expect it, which is a bug in medcnn_nb: please report it")
         rows.append(row)
     return rows
 

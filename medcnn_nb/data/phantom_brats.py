@@ -85,6 +85,7 @@ def _anatomy(rng, grid, spacing, shape):
         tissue[plexus & (tissue == CSF)] = VESSEL
     return tissue, r
 
+# %% ../../nbs/02d_phantom_brats.ipynb #92625d98
 def _tumour(rng, grid, spacing, shape, tissue, r):
     "Plant one tumour (ED shell around an ET ring around an NCR core) inside the brain."
     small = rng.random() < 0.3
@@ -104,6 +105,7 @@ def _tumour(rng, grid, spacing, shape, tissue, r):
     tissue[(d_core < r_n) & brain] = NCR
     return dict(centre=t_centre, r_edema=r_e, r_core=r_c, r_necrosis=r_n, small=small)
 
+# %% ../../nbs/02d_phantom_brats.ipynb #bae62c45
 def _distractors(rng, grid, spacing, shape, tissue, r):
     "White-matter lesions (bright in T2/FLAIR) and cortical vessels (bright in T1ce), never on the tumour."
     healthy = (tissue == WM) | (tissue == GM)
@@ -138,6 +140,7 @@ def _intensities(rng, grid, shape, tissue, brain) -> np.ndarray:
         out[..., m] = np.where(brain, np.clip(np.rint(vol), 1, 32767), 0)
     return out
 
+# %% ../../nbs/02d_phantom_brats.ipynb #a8a65563
 def brats_phantom(seed: int,       # the dataset's seed
                   index: int = 0,  # the case number; (seed, index) fixes the case
                   size: int = 96,  # in-plane voxels (real BraTS: 240)
@@ -170,6 +173,7 @@ def phantom_case_id(year: int, # naming scheme: 2020, 2021 or 2023
     if year == 2023: return f"BraTS-GLI-{index:05d}-000"
     raise ValueError(f"year must be one of {YEARS}, got {year!r}")
 
+# %% ../../nbs/02d_phantom_brats.ipynb #f2ba6429
 def _nifti_gz(data: np.ndarray, affine_ras: np.ndarray) -> bytes:
     "Deterministic .nii.gz bytes of a RAS array, stored LPS like real BraTS, with fake PHI in the header."
     n = np.array(data.shape[:3])
@@ -181,6 +185,7 @@ def _nifti_gz(data: np.ndarray, affine_ras: np.ndarray) -> bytes:
     img.header["db_name"] = PHI_STRINGS[0].encode()
     return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
 
+# %% ../../nbs/02d_phantom_brats.ipynb #7ef265fc
 def write_brats_phantoms(out: str | Path,  # dataset folder; case folders are created inside
                          patients: int,    # number of cases
                          seed: int,        # same seed -> byte-identical files

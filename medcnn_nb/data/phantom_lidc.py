@@ -118,6 +118,7 @@ def _anatomy(rng, shape, px, dz):
     depth = np.maximum((1 - rho[None] / f) * min(lr, la) * f, 0) * lung
     return hu, lung, depth
 
+# %% ../../nbs/02c_phantom_lidc.ipynb #125b1b77
 def _vessels(rng, hu, lung, px, dz, count):
     "Bright tubes, mostly along z: in one slice each is a disc that looks like a nodule."
     nz, n, _ = hu.shape
@@ -180,6 +181,57 @@ def _outline_outside(m: np.ndarray  # (z, y, x) bool, the nodule a reader means
     return box, BoxMask(box.offset, meant, box.shape)
 
 # %% ../../nbs/02c_phantom_lidc.ipynb #74ce7019
+def _nodule_site(rng, kind: str, r: float, depth: np.ndarray, px: float, dz: float, placed: list):
+    "(centre voxel, centre in mm) for a nodule of radius `r` mm clear of the nodules `placed`; None when none fits."
+    nz = depth.shape[0]
+    ok = (depth > 0.5 * px) & (depth < 1.5 * px) if kind == "juxta_pleural" else depth > r + px
+    ok[: int(np.ceil(r / dz)) + 1] = False; ok[nz - int(np.ceil(r / dz)) - 1:] = False
+    cands = np.argwhere(ok)
+    for _try in range(20):
+        if not len(cands): break
+        c = cands[rng.integers(len(cands))]
+        cmm = c * (dz, px, px)
+        if all(np.linalg.norm(cmm - p) > r + q + 4 * px + 2 for p, q in placed): break
+    else: return None
+    if not len(cands): return None
+    return c, cmm
+
+def _plant_nodule(rng, kind: str, d: float, c: np.ndarray, cmm: np.ndarray, hu: np.ndarray, lung: np.ndarray,
+                  grid: tuple, readers: list) -> PlantedNodule:
+    "Write a nodule of diameter `d` mm centred at `c` into `hu`; the readers who mark it, their masks and ratings."
+    zz, yy, xx = grid
+    r = d / 2
+    axes = r * rng.uniform(0.85, 1.15, 3)
+    truth = ((zz - cmm[0]) / axes[0]) ** 2 + ((yy - cmm[1]) / axes[1]) ** 2 + ((xx - cmm[2]) / axes[2]) ** 2 <= 1
+    truth[tuple(c)] = True                                   # the centre voxel: even a 3 mm nodule shows
+    if kind == "juxta_pleural": truth &= ndimage.binary_dilation(lung)  # the part in the lung, and its rim
+    if kind == "ground_glass": hu[truth] = 0.6 * hu[truth] + 0.4 * rng.uniform(-150, 0)
+    else: hu[truth] = rng.uniform(10, 60)
+    markers = [rd for rd in readers if rng.random() < (0.9 if d >= 6 else 0.65)] or [readers[int(rng.integers(len(readers)))]]
+    base = int(np.clip(round(1 + d / 8 + rng.normal(0, 0.7)), 1, 5))
+    masks, mal, drawn = {}, {}, {}
+    for rd in markers:
+        drawn[rd], masks[rd] = _outline_outside(_reader_version(rng, truth))
+        mal[rd] = int(np.clip(base + rng.integers(-1, 2), 1, 5))
+    return PlantedNodule(kind, d, markers, masks, mal, drawn)
+
+# %% ../../nbs/02c_phantom_lidc.ipynb #a1a65739
+def _small_and_non(rng, hu: np.ndarray, depth: np.ndarray, readers: list, vessel_centres: list) -> tuple:
+    "(small, non): marks of nodules < 3 mm (a bright dot written into `hu`) and non-nodules (a vessel mistaken)."
+    small, non = [], []
+    lung_pts = np.argwhere(depth > 3)
+    for _ in range(int(rng.integers(0, 4))):                     # nodules < 3 mm: a bright dot, no outline
+        k, y, x = lung_pts[rng.integers(len(lung_pts))]
+        hu[k, y, x] = rng.uniform(-100, 50)
+        small += [(rd, int(k), int(x), int(y)) for rd in readers if rng.random() < 0.6]
+    for rd in readers:                                           # non-nodules: a vessel mistaken for a nodule
+        for _ in range(int(rng.integers(0, 3))):
+            if vessel_centres:
+                k, y, x = vessel_centres[rng.integers(len(vessel_centres))]
+                non.append((rd, k, x, y))
+    return small, non
+
+# %% ../../nbs/02c_phantom_lidc.ipynb #8ef11796
 def make_lidc_phantom(seed: int,           # dataset seed
                       patient: int,        # 0-based patient index
                       size: int = 512,     # in-plane matrix (rows = cols)
@@ -199,42 +251,11 @@ def make_lidc_phantom(seed: int,           # dataset seed
     for _ in range(n_nodules):
         kind = NODULE_KINDS[int(rng.choice(3, p=[0.5, 0.25, 0.25]))]
         d = float(np.exp(rng.uniform(np.log(3), np.log(30))))
-        r = d / 2
-        ok = (depth > 0.5 * px) & (depth < 1.5 * px) if kind == "juxta_pleural" else depth > r + px
-        ok[: int(np.ceil(r / dz)) + 1] = False; ok[nz - int(np.ceil(r / dz)) - 1:] = False
-        cands = np.argwhere(ok)
-        for _try in range(20):
-            if not len(cands): break
-            c = cands[rng.integers(len(cands))]
-            cmm = c * (dz, px, px)
-            if all(np.linalg.norm(cmm - p) > r + q + 4 * px + 2 for p, q in placed): break
-        else: continue
-        if not len(cands): continue
-        placed.append((cmm, r))
-        axes = r * rng.uniform(0.85, 1.15, 3)
-        truth = ((zz - cmm[0]) / axes[0]) ** 2 + ((yy - cmm[1]) / axes[1]) ** 2 + ((xx - cmm[2]) / axes[2]) ** 2 <= 1
-        truth[tuple(c)] = True                                   # the centre voxel: even a 3 mm nodule shows
-        if kind == "juxta_pleural": truth &= ndimage.binary_dilation(lung)  # the part in the lung, and its rim
-        if kind == "ground_glass": hu[truth] = 0.6 * hu[truth] + 0.4 * rng.uniform(-150, 0)
-        else: hu[truth] = rng.uniform(10, 60)
-        markers = [rd for rd in readers if rng.random() < (0.9 if d >= 6 else 0.65)] or [readers[int(rng.integers(len(readers)))]]
-        base = int(np.clip(round(1 + d / 8 + rng.normal(0, 0.7)), 1, 5))
-        masks, mal, drawn = {}, {}, {}
-        for rd in markers:
-            drawn[rd], masks[rd] = _outline_outside(_reader_version(rng, truth))
-            mal[rd] = int(np.clip(base + rng.integers(-1, 2), 1, 5))
-        nodules.append(PlantedNodule(kind, d, markers, masks, mal, drawn))
-    small, non = [], []
-    lung_pts = np.argwhere(depth > 3)
-    for _ in range(int(rng.integers(0, 4))):                     # nodules < 3 mm: a bright dot, no outline
-        k, y, x = lung_pts[rng.integers(len(lung_pts))]
-        hu[k, y, x] = rng.uniform(-100, 50)
-        small += [(rd, int(k), int(x), int(y)) for rd in readers if rng.random() < 0.6]
-    for rd in readers:                                           # non-nodules: a vessel mistaken for a nodule
-        for _ in range(int(rng.integers(0, 3))):
-            if vessel_centres:
-                k, y, x = vessel_centres[rng.integers(len(vessel_centres))]
-                non.append((rd, k, x, y))
+        site = _nodule_site(rng, kind, d / 2, depth, px, dz, placed)
+        if site is None: continue
+        placed.append((site[1], d / 2))
+        nodules.append(_plant_nodule(rng, kind, d, *site, hu, lung, (zz, yy, xx), readers))
+    small, non = _small_and_non(rng, hu, depth, readers, vessel_centres)
     hu += rng.normal(0, rng.uniform(15, 35), shape).astype(np.float32)
     stored = np.clip(np.rint(hu + 1024), -32768, 32767).astype(np.int16)
     z0 = -float(rng.uniform(100, 300))
@@ -244,12 +265,12 @@ def make_lidc_phantom(seed: int,           # dataset seed
 # %% ../../nbs/02c_phantom_lidc.ipynb #8a839d99
 def _uid(*parts) -> str: return str(generate_uid(entropy_srcs=["medcnn_nb.phantom_lidc", *map(str, parts)]))
 
-def _write_series(ph: LidcPhantom, folder: Path, study_uid: str, series_uid: str, seed: int, patient: int) -> list[str]:
+def _series_header(ph: LidcPhantom, folder: Path, study_uid: str, series_uid: str, sop0: str) -> tuple:
+    "(dataset, file meta) holding every element the slices of the series share; fixed dates, no time of writing."
     nz, n, _ = ph.stored.shape
     dz, px, _ = ph.spacing
-    sops = [_uid(seed, patient, "sop", k) for k in range(nz)]
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, sops[0]
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, sop0
     meta.TransferSyntaxUID, meta.ImplementationClassUID = ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
     ds = FileDataset(str(folder), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID = CTImageStorage
@@ -268,6 +289,14 @@ def _write_series(ph: LidcPhantom, folder: Path, study_uid: str, series_uid: str
     ds.Rows = ds.Columns = n
     ds.BitsAllocated = ds.BitsStored = 16
     ds.HighBit, ds.PixelRepresentation = 15, 1
+    return ds, meta
+
+# %% ../../nbs/02c_phantom_lidc.ipynb #150941be
+def _write_series(ph: LidcPhantom, folder: Path, study_uid: str, series_uid: str, seed: int, patient: int) -> list[str]:
+    nz, n, _ = ph.stored.shape
+    dz, px, _ = ph.spacing
+    sops = [_uid(seed, patient, "sop", k) for k in range(nz)]
+    ds, meta = _series_header(ph, folder, study_uid, series_uid, sops[0])
     corner = f"{-(n - 1) / 2 * px:.6f}"
     for k in range(nz):  # one dataset, only the per-slice elements change
         inst = nz - k
@@ -279,6 +308,7 @@ def _write_series(ph: LidcPhantom, folder: Path, study_uid: str, series_uid: str
         ds.save_as(folder / f"1-{inst:03d}.dcm", enforce_file_format=True)
     return sops
 
+# %% ../../nbs/02c_phantom_lidc.ipynb #5f7bf0bd
 def _edge_xml(pts, tag="edgeMap") -> str:
     return "".join(f"        <{tag}>\n          <xCoord>{x}</xCoord>\n          <yCoord>{y}</yCoord>\n        </{tag}>\n" for x, y in pts)
 
@@ -296,6 +326,7 @@ def _nodule_rois(box: BoxMask, ph: LidcPhantom, sops: list) -> str:
             out.append(_roi_xml(ph.z_positions[k], sops[k], pts))
     return "".join(out)
 
+# %% ../../nbs/02c_phantom_lidc.ipynb #29b59c3d
 def lidc_xml(ph: LidcPhantom, series_uid: str, study_uid: str, sops: list) -> str:
     "The readers' marks as a LIDC XML document (schema 1.8.1, namespace http://www.nih.gov)."
     parts = ['<?xml version="1.0" encoding="UTF-8"?>\n<LidcReadMessage uid="' + _uid(series_uid, "message")
