@@ -60,9 +60,9 @@ class Config:
     gradient_accumulation: int = 1   # batches of batch_size/this images whose gradients are averaged into one step (memory)
     # --- training (paper §5.1-5.2) ---
     folds: int = 5                   # k of the patient-level k-fold cross-validation
-    max_epochs: int = 8              # upper bound; early stopping usually ends sooner (teaching: sized for make paper)
-    patience: int = 3                # early-stopping patience in epochs on the validation loss (paper §5.2: 10)
-    min_epochs: int = 3              # early stopping keeps no weights from before this epoch (never an untrained model)
+    max_epochs: int = 5              # upper bound; early stopping may end sooner (teaching: sized for make paper)
+    patience: int = 2                # early-stopping patience in epochs on the validation loss (paper §5.2: 10)
+    min_epochs: int = 2              # early stopping keeps no weights from before this epoch (never an untrained model)
     learning_rate: float = 1e-3      # Adam learning rate (paper: 0.001)
     steps_per_epoch: int = 16        # batches per epoch; 0: one pass over the training slices
     steps_per_execution: int = 1     # batches per call of the compiled train step (less per-step overhead)
