@@ -10,10 +10,9 @@ from pathlib import Path
 
 from .config import Config, OutputLayout, seed_everything
 from .datasets import DatasetSpec, ensure_phantoms, get_dataset, load_slices
-from .loader import SliceLoader
 from .preprocess import SliceSet, training_indices
 from .splits import load_or_make_folds
-from .train import epoch_batches, fold_model, train_fold
+from .train import fold_model, train_fold, training_batches
 from .transfer import save_unet_encoder
 from .variants import VARIANTS, Variant
 
@@ -89,7 +88,5 @@ def pretrained_encoder(dataset: str,         # the target dataset (its definitio
     seed_everything(cfg.seed, cfg.deterministic)
     idx = training_indices(s, sorted(set(map(str, s.case_ids))), cfg.negatives_ratio, cfg.seed)
     model = fold_model(VARIANTS["unoptimised"], cfg, s.images.shape[1:], s.masks.shape[-1], src.spec.dice_kwargs())
-    physical = cfg.batch_size // cfg.gradient_accumulation  # as in `train_fold`
-    model.fit(epoch_batches(SliceLoader(s, idx, physical, seed=cfg.seed), cfg.steps_per_epoch * cfg.gradient_accumulation),
-              epochs=cfg.max_epochs, verbose=verbose)
+    model.fit(training_batches(s, idx, cfg, seed=cfg.seed), epochs=cfg.max_epochs, verbose=verbose)  # as a fold fits
     return save_unet_encoder(model, path)

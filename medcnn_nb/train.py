@@ -27,8 +27,8 @@ from .transfer import load_unet_encoder
 # %% auto #0
 __all__ = ['CUSTOM_OBJECTS', 'inner_split', 'epoch_batches', 'ResumableEarlyStopping', 'Checkpoint', 'resumable_callbacks',
            'trim_history', 'distribution_scope', 'FoldSlices', 'fold_slices', 'fold_model', 'foreground_prior',
-           'restore_or_build', 'fit_fold', 'fold_finished', 'predict_probabilities', 'evaluate_fold', 'example_slices',
-           'write_fold', 'fold_manifest', 'train_fold']
+           'restore_or_build', 'physical_batch', 'training_batches', 'fit_fold', 'fold_finished',
+           'predict_probabilities', 'evaluate_fold', 'example_slices', 'write_fold', 'fold_manifest', 'train_fold']
 
 # %% ../nbs/05c_train.ipynb #ec9718df
 def inner_split(train_cases: list[str],   # the fold's training patients
@@ -247,6 +247,19 @@ def restore_or_build(run_dir: Path,   # the fold's folder
     return model, state, False, 0
 
 # %% ../nbs/05c_train.ipynb #9c5ce4a0
+def physical_batch(cfg: Config) -> int:
+    "Images in memory at once: an Adam step sees `batch_size` images, in `gradient_accumulation` batches of this size."
+    return cfg.batch_size // cfg.gradient_accumulation
+
+def training_batches(sliceset: SliceSet, idx: np.ndarray, cfg: Config,
+                     augment: bool = False, # random affine per slice
+                     seed: int = 0,         # the order and the augmentation
+                     start_epoch: int = 0   # a resumed fold's first epoch
+                    ):
+    "Epoch after epoch of shuffled physical batches of the slices `idx`: `steps_per_epoch` Adam steps each."
+    return epoch_batches(SliceLoader(sliceset, idx, physical_batch(cfg), augment=augment, seed=seed),
+                         cfg.steps_per_epoch * cfg.gradient_accumulation, start_epoch=start_epoch)
+
 def fit_fold(model, sliceset: SliceSet, slices: FoldSlices, variant, cfg: Config,
              run_dir: Path,             # the fold's folder (checkpoints, history)
              state: dict | None,        # the saved state (`restore_or_build`)
@@ -255,9 +268,8 @@ def fit_fold(model, sliceset: SliceSet, slices: FoldSlices, variant, cfg: Config
              stop_after_epochs: int | None = None
             ) -> tuple[float, int]:
     "Fit from `first_epoch`; return (seconds, training images per epoch)."
-    physical = cfg.batch_size // cfg.gradient_accumulation  # images in memory at once; an Adam step sees batch_size
-    train = epoch_batches(SliceLoader(sliceset, slices.fit, physical, augment=variant.augment and cfg.augment,
-                                      seed=seed), cfg.steps_per_epoch * cfg.gradient_accumulation, start_epoch=first_epoch)
+    physical = physical_batch(cfg)
+    train = training_batches(sliceset, slices.fit, cfg, variant.augment and cfg.augment, seed, first_epoch)
     # every variant is validated on the monitored patients (the learning curves); only early stopping acts on it
     monitor = SliceLoader(sliceset, slices.monitor, physical, shuffle=False) if len(slices.monitor) else None
     epochs = cfg.max_epochs if stop_after_epochs is None else min(cfg.max_epochs, first_epoch + stop_after_epochs)
@@ -275,7 +287,7 @@ def fold_finished(run_dir: Path, cfg: Config) -> bool:
 # %% ../nbs/05c_train.ipynb #5191929d
 def _predict_batch(cfg: Config) -> int:
     "Images per prediction batch: 32 or more, but no more than a training batch holds at once when memory is short."
-    return cfg.batch_size // cfg.gradient_accumulation if cfg.gradient_accumulation > 1 else max(cfg.batch_size, 32)
+    return physical_batch(cfg) if cfg.gradient_accumulation > 1 else max(cfg.batch_size, 32)
 
 def predict_probabilities(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
     "Predicted probabilities (N, H, W, K) for `images` (N, H, W, C), in batches."

@@ -72,8 +72,8 @@ def test_blocks_have_their_structure():
     adds = [l for l in res.layers if isinstance(l, keras.layers.Add)]
     assert len(adds) == 2 * 2 + 1  # one per encoder, decoder and bottleneck block
     dense = build_model("denseunet", (32, 32, 1), base_filters=16, depth=2)
-    # the transition of the first encoder block sees the input channel plus 5 layers of growth 16 // 4 = 4
-    assert dense.get_layer("enc1_tr_conv").input.shape[-1] == 1 + 5 * 4
+    # the transition of the first encoder block sees the input channel plus 4 layers of growth 16 // 3 = 5
+    assert dense.get_layer("enc1_tr_conv").input.shape[-1] == 1 + 4 * 5
     plain = build_model("unet", (32, 32, 1), base_filters=8, depth=2)
     assert not any(isinstance(l, keras.layers.Add) for l in plain.layers)
 
