@@ -11,7 +11,8 @@ import numpy as np
 from scipy import ndimage
 
 # %% auto #0
-__all__ = ['affine_matrix', 'apply_affine', 'warp_batch', 'random_matrix', 'random_affine', 'random_affine_batch']
+__all__ = ['affine_matrix', 'apply_affine', 'warp_batch', 'random_matrix', 'random_affine', 'random_affine_batch',
+           'foreground_patches']
 
 # %% ../nbs/02h_augment.ipynb #342f3705
 def affine_matrix(shape: Sequence[int],        # (H, W) of the slice
@@ -90,3 +91,25 @@ def random_affine_batch(images: np.ndarray, # (B, H, W, C)
     if images.shape[:3] != masks.shape[:3]: raise ValueError(f"images {images.shape} and masks {masks.shape} differ")
     mats = np.stack([random_matrix(images.shape[1:3], rng, **ranges) for _ in range(len(images))])
     return warp_batch(images, masks, mats)
+
+# %% ../nbs/02h_augment.ipynb #315f86a8
+def foreground_patches(images: np.ndarray, # (B, H, W, C)
+                       masks: np.ndarray,  # (B, H, W, K) labels
+                       size: int,          # side of the square patches
+                       rng: np.random.Generator, # the seeded source of randomness
+                       jitter: float = 0.25 # largest shift of the foreground pixel from the centre, in patch sides
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    "One size x size patch per slice: around a random foreground pixel where there is one, anywhere otherwise."
+    if images.shape[:3] != masks.shape[:3]: raise ValueError(f"images {images.shape} and masks {masks.shape} differ")
+    h, w = images.shape[1:3]
+    if not 0 < size <= min(h, w): raise ValueError(f"patch size must be in 1..{min(h, w)} for {h}x{w} slices, got {size}")
+    top = np.array([h - size, w - size])
+    corners = np.empty((len(images), 2), int)
+    for k in range(len(images)):
+        fg = np.argwhere(masks[k].any(axis=-1))
+        if len(fg):
+            shift = rng.integers(-int(jitter * size), int(jitter * size) + 1, 2)
+            corners[k] = np.clip(fg[rng.integers(len(fg))] + shift - size // 2, 0, top)
+        else: corners[k] = rng.integers(0, top + 1)
+    cut = lambda a: np.stack([a[k, r:r + size, c:c + size] for k, (r, c) in enumerate(corners)])
+    return cut(images), cut(masks)

@@ -139,14 +139,15 @@ def ensure_phantoms(dataset: str,   # a registered dataset's name
 class LidcKnobs(DatasetKnobs):
     "The LIDC-IDRI section of the configuration (`cfg.lidc`)."
     patients: int = 30                   # phantom patients (20 left ~3 nodule patients per fold)
-    size: int = 128                      # phantom CT in-plane size in pixels (real scans: 512)
+    size: int = 256                      # phantom CT in-plane size in pixels (real scans: 512)
     slices: int = 40                     # phantom CT slices per series
     consensus: float = 0.5               # fraction of a nodule's readers that must include a pixel
     contour_points: str = "exclude"      # an outline's own pixels: "exclude" (LIDC), "include", "pylidc" (chapter 2a)
     hu_window: tuple = (-1000.0, 400.0)  # CT window mapped to [0, 1] (lung window)
     target_spacing: float = 0.0          # resample in-plane to this spacing (mm) before resizing; 0: keep
-    image_size: int = 96                 # side of the LIDC network inputs; 0: the run's `image_size`
+    image_size: int = 128                # side of the LIDC network inputs; 0: the run's `image_size`
     crop: str = "lung"                   # square crop before resizing: "lung" (the air inside the body) or "body"
+    patch_size: int = 64                 # train on patches of this side around the nodules, predict whole slices; 0: whole
 
     def problems(self) -> list[str]:
         out = [f"{k} must be >= 1, got {getattr(self, k)}" for k in ("patients", "size", "slices") if getattr(self, k) < 1]
@@ -158,6 +159,9 @@ class LidcKnobs(DatasetKnobs):
         if self.target_spacing < 0: out.append(f"target_spacing must be >= 0, got {self.target_spacing}")
         if self.image_size < 0: out.append(f"image_size must be >= 0, got {self.image_size}")
         if self.crop not in ("lung", "body"): out.append(f"crop must be 'lung' or 'body', got {self.crop!r}")
+        if self.patch_size < 0: out.append(f"patch_size must be >= 0, got {self.patch_size}")
+        elif self.image_size and self.patch_size > self.image_size:
+            out.append(f"patch_size {self.patch_size} exceeds image_size {self.image_size}")
         return out
 
 # %% ../nbs/05b_datasets.ipynb #542c1dff
@@ -221,8 +225,8 @@ def _say(line: str = "", file=None):
 # %% ../nbs/05b_datasets.ipynb #20490a34
 LIDC = register(DatasetSpec(
     name="lidc", title="LIDC-IDRI", knobs=LidcKnobs,
-    profiles={"smoke": dict(patients=6, size=96, slices=24, image_size=0),
-              "paper": dict(patients=60, size=512, slices=120, image_size=0)},
+    profiles={"smoke": dict(patients=6, size=96, slices=24, image_size=0, patch_size=0),
+              "paper": dict(patients=60, size=512, slices=120, image_size=0, patch_size=0)},  # the paper: whole slices
     params=lidc_params, cases=lidc_cases, patient_id=lidc_patient,
     phantom_keys=("patients", "size", "slices", "seed"),
     write_phantoms=lambda out, patients, size, slices, seed: write_lidc_phantoms(out, patients, seed, size=size, slices=slices),

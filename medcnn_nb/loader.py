@@ -11,7 +11,7 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from .augment import random_affine_batch
+from .augment import foreground_patches, random_affine_batch
 from .preprocess import SliceSet
 
 # %% auto #0
@@ -27,7 +27,7 @@ def _read_rows(sliceset: SliceSet, idx: np.ndarray) -> tuple:
 
 # %% ../nbs/02i_loader.ipynb #e2a349bd
 class SliceLoader(keras.utils.PyDataset):
-    "Batches `(images, masks)` of the slices `indices`, reshuffled each epoch, optionally augmented."
+    "Batches `(images, masks)` of the slices `indices`, reshuffled each epoch, optionally augmented and cut into patches."
     def __init__(self, sliceset: SliceSet,     # the dataset's slices
                  indices: Sequence[int] | None = None, # which slices (default: all)
                  batch_size: int = 16,         # slices per batch; the last batch may be smaller
@@ -35,6 +35,7 @@ class SliceLoader(keras.utils.PyDataset):
                  seed: int = 0,                # seeds the order and the augmentation
                  shuffle: bool = True,         # a new order each epoch (False: `indices` order)
                  augment_kwargs: dict | None = None, # ranges passed to `augment.random_matrix`
+                 patch_size: int = 0,          # > 0: one patch of this side per slice (`augment.foreground_patches`)
                  **kwargs):                    # `workers`, `use_multiprocessing`, `max_queue_size`
         super().__init__(**kwargs)
         self.sliceset, self.batch_size, self.augment, self.seed, self.shuffle = sliceset, int(batch_size), augment, seed, shuffle
@@ -43,7 +44,9 @@ class SliceLoader(keras.utils.PyDataset):
         if self.batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if self.indices.min() < 0 or self.indices.max() >= len(sliceset):
             raise ValueError(f"indices must lie in [0, {len(sliceset)}), got {self.indices.min()}..{self.indices.max()}")
-        self.augment_kwargs = augment_kwargs or {}
+        self.augment_kwargs, self.patch_size = augment_kwargs or {}, int(patch_size)
+        side = min(sliceset.images.shape[1:3])
+        if not 0 <= self.patch_size <= side: raise ValueError(f"patch_size must be in 0..{side}, got {patch_size}")
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int):
@@ -60,6 +63,8 @@ class SliceLoader(keras.utils.PyDataset):
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             images, masks = random_affine_batch(images, masks, rng, **self.augment_kwargs)
+        if self.patch_size:  # after the warp, so no patch shows its empty border; a stream of its own
+            images, masks = foreground_patches(images, masks, self.patch_size, np.random.default_rng([self.seed, self.epoch, i, 1]))
         return images, masks.astype(np.float32)
 
     def on_epoch_end(self): self.set_epoch(self.epoch + 1)

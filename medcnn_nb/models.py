@@ -80,7 +80,7 @@ def _settle(model: keras.Model, bn_momentum: float, output_bias) -> keras.Model:
 
 # %% ../nbs/03a_models.ipynb #db10f415
 def build_model(arch: str,               # one of SEGMENTATION_ARCHS or CLASSIFIER_ARCHS
-                input_shape: tuple,      # (H, W, C), channels-last; H and W divisible by 2**depth
+                input_shape: tuple,      # (H, W, C), channels-last; H and W divisible by 2**depth, or None: any such size
                 out_channels: int = 1,   # LIDC: 1; BraTS: 3 (WT, TC, ET)
                 base_filters: int = 16,  # width of the first level, doubled at each level down
                 depth: int = 3,          # number of down-sampling levels
@@ -92,7 +92,7 @@ def build_model(arch: str,               # one of SEGMENTATION_ARCHS or CLASSIFI
         raise ValueError(f"unknown arch {arch!r}: choose one of {SEGMENTATION_ARCHS + CLASSIFIER_ARCHS}")
     if len(input_shape) != 3: raise ValueError(f"input_shape must be (H, W, C), got {input_shape}")
     h, w, _ = input_shape
-    if h % 2**depth or w % 2**depth:
+    if any(s is not None and s % 2**depth for s in (h, w)):
         raise ValueError(f"input size {h}x{w} must be divisible by 2**depth = {2**depth} (depth={depth})")
     block = BLOCKS[arch]
     inputs = keras.Input(input_shape, name="image")

@@ -26,9 +26,10 @@ from .transfer import load_unet_encoder
 
 # %% auto #0
 __all__ = ['CUSTOM_OBJECTS', 'inner_split', 'epoch_batches', 'ResumableEarlyStopping', 'Checkpoint', 'resumable_callbacks',
-           'trim_history', 'distribution_scope', 'FoldSlices', 'fold_slices', 'fold_model', 'foreground_prior',
-           'restore_or_build', 'physical_batch', 'training_batches', 'fit_fold', 'fold_finished',
-           'predict_probabilities', 'evaluate_fold', 'example_slices', 'write_fold', 'fold_manifest', 'train_fold']
+           'trim_history', 'distribution_scope', 'FoldSlices', 'fold_slices', 'fold_model', 'training_patch',
+           'network_input_shape', 'foreground_prior', 'restore_or_build', 'physical_batch', 'training_batches',
+           'fit_fold', 'fold_finished', 'predict_probabilities', 'evaluate_fold', 'example_slices', 'write_fold',
+           'fold_manifest', 'train_fold']
 
 # %% ../nbs/05c_train.ipynb #ec9718df
 def inner_split(train_cases: list[str],   # the fold's training patients
@@ -213,6 +214,20 @@ def fold_model(variant, cfg: Config, input_shape, out_channels: int,
     model.stop_training = False
     return model
 
+# %% ../nbs/05c_train.ipynb #d0a048c6
+def training_patch(sliceset: SliceSet, cfg: Config) -> int:
+    "Side of the patches the folds of `sliceset`'s dataset train on: its `patch_size` knob; 0 (whole slices) without one."
+    patch = int(getattr(cfg.datasets.get(sliceset.dataset), "patch_size", 0) or 0)
+    if patch % 2**cfg.depth:
+        raise ValueError(f"{sliceset.dataset}.patch_size {patch} must be divisible by 2**depth = {2**cfg.depth}")
+    return patch
+
+def network_input_shape(sliceset: SliceSet, cfg: Config) -> tuple:
+    "(H, W, C) the fold's networks are built for: (None, None, C) when they train on patches and predict whole slices."
+    shape = tuple(sliceset.images.shape[1:])
+    return (None, None, shape[-1]) if training_patch(sliceset, cfg) else shape
+
+
 # %% ../nbs/05c_train.ipynb #22713607
 def foreground_prior(sliceset: SliceSet, # the dataset's slices
                      idx: np.ndarray     # the slices a fold fits on
@@ -239,7 +254,7 @@ def restore_or_build(run_dir: Path,   # the fold's folder
         trim_history(run_dir / "history.csv", state["epochs_done"])
         return model, state, True, state["epochs_done"]
     prior = foreground_prior(sliceset, fit) if cfg.prior_bias and fit is not None and len(fit) else None
-    model = fold_model(variant, cfg, sliceset.images.shape[1:], sliceset.masks.shape[-1],
+    model = fold_model(variant, cfg, network_input_shape(sliceset, cfg), sliceset.masks.shape[-1],
                        get_dataset(sliceset.dataset).dice_kwargs(),
                        None if prior is None else np.log(prior / (1 - prior)))
     if init_encoder is not None: load_unet_encoder(model, init_encoder)  # `transfer`: the pretrained encoder
@@ -256,8 +271,9 @@ def training_batches(sliceset: SliceSet, idx: np.ndarray, cfg: Config,
                      seed: int = 0,         # the order and the augmentation
                      start_epoch: int = 0   # a resumed fold's first epoch
                     ):
-    "Epoch after epoch of shuffled physical batches of the slices `idx`: `steps_per_epoch` Adam steps each."
-    return epoch_batches(SliceLoader(sliceset, idx, physical_batch(cfg), augment=augment, seed=seed),
+    "Epoch after epoch of shuffled physical batches of the slices `idx` (or of patches): `steps_per_epoch` Adam steps each."
+    loader = SliceLoader(sliceset, idx, physical_batch(cfg), augment=augment, seed=seed, patch_size=training_patch(sliceset, cfg))
+    return epoch_batches(loader,
                          cfg.steps_per_epoch * cfg.gradient_accumulation, start_epoch=start_epoch)
 
 def fit_fold(model, sliceset: SliceSet, slices: FoldSlices, variant, cfg: Config,
@@ -270,7 +286,7 @@ def fit_fold(model, sliceset: SliceSet, slices: FoldSlices, variant, cfg: Config
     "Fit from `first_epoch`; return (seconds, training images per epoch)."
     physical = physical_batch(cfg)
     train = training_batches(sliceset, slices.fit, cfg, variant.augment and cfg.augment, seed, first_epoch)
-    # every variant is validated on the monitored patients (the learning curves); only early stopping acts on it
+    # every variant is validated on the monitored patients' whole slices (the learning curves); only early stopping acts on it
     monitor = SliceLoader(sliceset, slices.monitor, physical, shuffle=False) if len(slices.monitor) else None
     epochs = cfg.max_epochs if stop_after_epochs is None else min(cfg.max_epochs, first_epoch + stop_after_epochs)
     t0 = time.perf_counter()

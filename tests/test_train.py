@@ -84,6 +84,26 @@ def test_fold_evaluates_every_val_slice_against_an_oracle(tiny_lidc):
     assert sorted(manifest["val_cases"]) == sorted(folds[1]["val"])
 
 
+def test_fold_on_patches_predicts_whole_slices(tiny_lidc):
+    "With lidc.patch_size the fold trains on 16-px patches of its 32-px slices, validates and evaluates whole slices, and resumes."
+    import keras
+    from medcnn_nb.train import CUSTOM_OBJECTS as _custom, train_fold
+    work, cfg, s, folds = tiny_lidc
+    pcfg = get_config("smoke", **{**TINY, "lidc.patch_size": 16})
+    run = work / "runs/patch/fold0"
+    first = train_fold(s, folds[0], VARIANTS["optimised"], pcfg, run, verbose=0, stop_after_epochs=1)
+    assert first == {} and (run / "last.keras").exists()           # left as a kill would leave it
+    m = train_fold(s, folds[0], VARIANTS["optimised"], pcfg, run, verbose=0)  # resumes from the checkpoint
+    val = np.flatnonzero(np.isin(s.case_ids, folds[0]["val"]))
+    assert m["val_slices"] == len(val) and m["epochs_run"] >= pcfg.min_epochs
+    model = keras.saving.load_model(run / "last.keras", custom_objects=_custom)
+    assert model.input_shape == (None, None, None, 1)
+    assert model.predict(np.asarray(s.images[val[:2]]), verbose=0).shape == (2, 32, 32, 1)
+    assert len(pd.read_csv(run / "history.csv")) == m["epochs_run"]
+    with pytest.raises(ValueError, match="divisible by 2"):
+        train_fold(s, folds[0], VARIANTS["optimised"], get_config("smoke", **{**TINY, "lidc.patch_size": 6}), work / "runs/p6", verbose=0)
+
+
 def test_early_stopping_restores_the_best_epoch(tiny_lidc):
     "With patience 0, training stops after the first epoch without a lower val_loss, and the kept weights are the best epoch's."
     from medcnn_nb.train import train_fold
