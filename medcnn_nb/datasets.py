@@ -78,6 +78,10 @@ class DatasetSpec:
 
     def settings(self, cfg: Config) -> "DatasetKnobs": return cfg.datasets[self.name]
 
+    def patch_size(self, cfg: Config) -> int:
+        "Side of the patches its folds train on (its knobs' `patch_size`); 0: whole slices."
+        return int(getattr(self.settings(cfg), "patch_size", 0) or 0)
+
     def dice_kwargs(self) -> dict:
         "The Dice losses' arguments for this dataset's `dice_reduction`."
         if self.dice_reduction not in DICE_REDUCTIONS:

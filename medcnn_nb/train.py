@@ -217,7 +217,7 @@ def fold_model(variant, cfg: Config, input_shape, out_channels: int,
 # %% ../nbs/05c_train.ipynb #d0a048c6
 def training_patch(sliceset: SliceSet, cfg: Config) -> int:
     "Side of the patches the folds of `sliceset`'s dataset train on: its `patch_size` knob; 0 (whole slices) without one."
-    patch = int(getattr(cfg.datasets.get(sliceset.dataset), "patch_size", 0) or 0)
+    patch = get_dataset(sliceset.dataset).patch_size(cfg)
     if patch % 2**cfg.depth:
         raise ValueError(f"{sliceset.dataset}.patch_size {patch} must be divisible by 2**depth = {2**cfg.depth}")
     return patch

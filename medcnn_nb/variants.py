@@ -61,9 +61,10 @@ def pipeline(variant: Variant,  # the experiment
     start = f"\nencoder from {get_dataset(spec.pretrain_from).title}" if variant.pretrained and spec.pretrain_from else ""
     stop = (f"early stopping on val. loss\npatience {cfg.patience}, from epoch {cfg.min_epochs + 1}" if variant.early_stopping
             else f"fixed {cfg.max_epochs} epochs")
-    size = spec.params(cfg)["image_size"]  # a dataset may set its own input size
+    size, patch = spec.params(cfg)["image_size"], spec.patch_size(cfg)  # a dataset may set its own input and patch size
     return [("data", spec.data_step(cfg)),
-            ("slices", f"{size}x{size} axial slices\npositives + {cfg.negatives_ratio:g} neg/pos"),
+            ("slices", f"{size}x{size} axial slices\npositives + {cfg.negatives_ratio:g} neg/pos"
+                       + (f"\ntrained as {patch}x{patch} patches" if patch else "")),
             ("augmentation", "rotate, scale,\nshift, flip" if variant.augment else "none"),
             ("model", f"{ARCH_NAMES.get(variant.arch, variant.arch)}\n{cfg.depth} levels, {cfg.base_filters} filters{start}"),
             ("loss", LOSS_NAMES.get(variant.loss, variant.loss)),
