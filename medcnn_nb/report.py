@@ -384,9 +384,14 @@ def figure3(tables: dict[str, pd.DataFrame], # dataset -> `results_table`
             err = dict(type="data", symmetric=False, array=(t["diff_ci_high"] - t["diff"]).fillna(0),
                        arrayminus=(t["diff"] - t["diff_ci_low"]).fillna(0))
             fig.add_trace(go.Bar(x=x, y=t["diff"], error_y=err, marker_color="#2ca02c", name=f"{variants[-1]} − {variants[0]}",
-                                 legendgroup="diff", showlegend=col == 1,
-                                 text=[f"p={p:.2g}" if p == p else "" for p in t["p"]], textposition="outside"),
-                          row=2, col=col)
+                                 legendgroup="diff", showlegend=col == 1), row=2, col=col)
+            # each p beyond its whisker's end (the bar's text would sit on the whisker), below it for a negative difference
+            for xi, d, lo, hi, p in zip(x, t["diff"], t["diff_ci_low"], t["diff_ci_high"], t["p"]):
+                if p != p: continue
+                up = not d < 0
+                end = (hi if up else lo) if (hi if up else lo) == (hi if up else lo) else d
+                fig.add_annotation(x=xi, y=end, text=f"p={p:.2g}", showarrow=False, yanchor="bottom" if up else "top",
+                                   yshift=3 if up else -3, font=dict(size=11), row=2, col=col)
     fig.update_layout(barmode="group", scattermode="group", height=650, template="plotly_white",
                       title="Figure 3 - unoptimised vs optimised<br><sup>bars: ours, pooled over patients, 95 % bootstrap "
                             "interval; dashes: the paper; crosses: predicting nothing; below: the paired difference</sup>")
