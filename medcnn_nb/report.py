@@ -389,7 +389,8 @@ def figure3(tables: dict[str, pd.DataFrame], # dataset -> `results_table`
             for xi, d, lo, hi, p in zip(x, t["diff"], t["diff_ci_low"], t["diff_ci_high"], t["p"]):
                 if p != p: continue
                 up = not d < 0
-                end = (hi if up else lo) if (hi if up else lo) == (hi if up else lo) else d
+                end = hi if up else lo
+                if end != end: end = d  # no interval: at the bar's end
                 fig.add_annotation(x=xi, y=end, text=f"p={p:.2g}", showarrow=False, yanchor="bottom" if up else "top",
                                    yshift=3 if up else -3, font=dict(size=11), row=2, col=col)
     fig.update_layout(barmode="group", scattermode="group", height=650, template="plotly_white",
