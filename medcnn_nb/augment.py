@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 # %% auto #0
-__all__ = ['affine_matrix', 'apply_affine', 'warp_batch', 'random_matrix', 'random_affine', 'random_affine_batch',
+__all__ = ['affine_matrix', 'apply_affine', 'warp_batch', 'random_matrix', 'random_affine', 'random_affine_batch', 'bright_spots',
            'foreground_patches']
 
 # %% ../nbs/02h_augment.ipynb #342f3705
@@ -93,13 +93,22 @@ def random_affine_batch(images: np.ndarray, # (B, H, W, C)
     return warp_batch(images, masks, mats)
 
 # %% ../nbs/02h_augment.ipynb #315f86a8
+def bright_spots(image: np.ndarray,    # (H, W) slice, intensities in [0, 1]
+                 size: int = 7,        # side of the opening: structures narrower than this are spots
+                 contrast: float = 0.2 # how much brighter than its opening a spot's pixel is
+                ) -> np.ndarray:
+    "(H, W) bool: pixels of small bright structures (white top-hat above `contrast`), such as vessels cut across."
+    image = np.asarray(image, np.float32)
+    return image - ndimage.grey_opening(image, size=(size, size)) > contrast
+
 def foreground_patches(images: np.ndarray, # (B, H, W, C)
                        masks: np.ndarray,  # (B, H, W, K) labels
                        size: int,          # side of the square patches
                        rng: np.random.Generator, # the seeded source of randomness
-                       jitter: float = 0.25 # largest shift of the foreground pixel from the centre, in patch sides
+                       jitter: float = 0.25, # largest shift of the foreground pixel from the centre, in patch sides
+                       hard_negatives: float = 0.0 # share of empty slices whose patch is around a `bright_spots` pixel of channel 0
                       ) -> tuple[np.ndarray, np.ndarray]:
-    "One size x size patch per slice: around a random foreground pixel where there is one, anywhere otherwise."
+    "One size x size patch per slice: around a random foreground pixel where there is one, else anywhere (or on a bright spot)."
     if images.shape[:3] != masks.shape[:3]: raise ValueError(f"images {images.shape} and masks {masks.shape} differ")
     h, w = images.shape[1:3]
     if not 0 < size <= min(h, w): raise ValueError(f"patch size must be in 1..{min(h, w)} for {h}x{w} slices, got {size}")
@@ -107,6 +116,8 @@ def foreground_patches(images: np.ndarray, # (B, H, W, C)
     corners = np.empty((len(images), 2), int)
     for k in range(len(images)):
         fg = np.argwhere(masks[k].any(axis=-1))
+        if not len(fg) and hard_negatives and rng.random() < hard_negatives:  # no draw when off: the stream stays as it was
+            fg = np.argwhere(bright_spots(images[k, ..., 0]))  # a look-alike; none on the slice: anywhere
         if len(fg):
             shift = rng.integers(-int(jitter * size), int(jitter * size) + 1, 2)
             corners[k] = np.clip(fg[rng.integers(len(fg))] + shift - size // 2, 0, top)

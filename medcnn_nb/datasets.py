@@ -80,7 +80,11 @@ class DatasetSpec:
 
     def patch_size(self, cfg: Config) -> int:
         "Side of the patches its folds train on (its knobs' `patch_size`); 0: whole slices."
-        return int(getattr(self.settings(cfg), "patch_size", 0) or 0)
+        return int(getattr(self.settings(cfg), "patch_size", 0))
+
+    def hard_negatives(self, cfg: Config) -> float:
+        "Share of the empty slices' patches put on a bright spot (its knobs' `hard_negatives`); 0 on whole slices."
+        return float(getattr(self.settings(cfg), "hard_negatives", 0)) if self.patch_size(cfg) else 0.0
 
     def dice_kwargs(self) -> dict:
         "The Dice losses' arguments for this dataset's `dice_reduction`."
@@ -152,6 +156,7 @@ class LidcKnobs(DatasetKnobs):
     image_size: int = 128                # side of the LIDC network inputs; 0: the run's `image_size`
     crop: str = "lung"                   # square crop before resizing: "lung" (the air inside the body) or "body"
     patch_size: int = 64                 # train on patches of this side around the nodules, predict whole slices; 0: whole
+    hard_negatives: float = 0.5          # share of the empty slices' patches centred on a bright spot (a vessel's cut)
 
     def problems(self) -> list[str]:
         out = [f"{k} must be >= 1, got {getattr(self, k)}" for k in ("patients", "size", "slices") if getattr(self, k) < 1]
@@ -166,6 +171,7 @@ class LidcKnobs(DatasetKnobs):
         if self.patch_size < 0: out.append(f"patch_size must be >= 0, got {self.patch_size}")
         elif self.image_size and self.patch_size > self.image_size:
             out.append(f"patch_size {self.patch_size} exceeds image_size {self.image_size}")
+        if not 0 <= self.hard_negatives <= 1: out.append(f"hard_negatives must be in [0, 1], got {self.hard_negatives}")
         return out
 
 # %% ../nbs/05b_datasets.ipynb #542c1dff

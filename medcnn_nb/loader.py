@@ -36,6 +36,7 @@ class SliceLoader(keras.utils.PyDataset):
                  shuffle: bool = True,         # a new order each epoch (False: `indices` order)
                  augment_kwargs: dict | None = None, # ranges passed to `augment.random_matrix`
                  patch_size: int = 0,          # > 0: one patch of this side per slice (`augment.foreground_patches`)
+                 hard_negatives: float = 0.0,  # with patches: share of empty slices' patches put on a bright spot
                  **kwargs):                    # `workers`, `use_multiprocessing`, `max_queue_size`
         super().__init__(**kwargs)
         self.sliceset, self.batch_size, self.augment, self.seed, self.shuffle = sliceset, int(batch_size), augment, seed, shuffle
@@ -47,6 +48,8 @@ class SliceLoader(keras.utils.PyDataset):
         self.augment_kwargs, self.patch_size = augment_kwargs or {}, int(patch_size)
         side = min(sliceset.images.shape[1:3])
         if not 0 <= self.patch_size <= side: raise ValueError(f"patch_size must be in 0..{side}, got {patch_size}")
+        if not 0 <= hard_negatives <= 1: raise ValueError(f"hard_negatives must be in [0, 1], got {hard_negatives}")
+        self.hard_negatives = float(hard_negatives)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int):
@@ -64,7 +67,8 @@ class SliceLoader(keras.utils.PyDataset):
             rng = np.random.default_rng([self.seed, self.epoch, i])
             images, masks = random_affine_batch(images, masks, rng, **self.augment_kwargs)
         if self.patch_size:  # after the warp, so no patch shows its empty border; a stream of its own
-            images, masks = foreground_patches(images, masks, self.patch_size, np.random.default_rng([self.seed, self.epoch, i, 1]))
+            images, masks = foreground_patches(images, masks, self.patch_size, np.random.default_rng([self.seed, self.epoch, i, 1]),
+                                               hard_negatives=self.hard_negatives)
         return images, masks.astype(np.float32)
 
     def on_epoch_end(self): self.set_epoch(self.epoch + 1)

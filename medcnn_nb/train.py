@@ -272,7 +272,8 @@ def training_batches(sliceset: SliceSet, idx: np.ndarray, cfg: Config,
                      start_epoch: int = 0   # a resumed fold's first epoch
                     ):
     "Epoch after epoch of shuffled physical batches of the slices `idx` (or of patches): `steps_per_epoch` Adam steps each."
-    loader = SliceLoader(sliceset, idx, physical_batch(cfg), augment=augment, seed=seed, patch_size=training_patch(sliceset, cfg))
+    loader = SliceLoader(sliceset, idx, physical_batch(cfg), augment=augment, seed=seed, patch_size=training_patch(sliceset, cfg),
+                         hard_negatives=get_dataset(sliceset.dataset).hard_negatives(cfg))
     return epoch_batches(loader,
                          cfg.steps_per_epoch * cfg.gradient_accumulation, start_epoch=start_epoch)
 
