@@ -157,6 +157,7 @@ class LidcKnobs(DatasetKnobs):
     crop: str = "lung"                   # square crop before resizing: "lung" (the air inside the body) or "body"
     patch_size: int = 64                 # train on patches of this side around the nodules, predict whole slices; 0: whole
     hard_negatives: float = 0.5          # share of the empty slices' patches centred on a bright spot (a vessel's cut)
+    context_slices: int = 0              # 2.5-D: neighbouring slices on each side as extra input channels (chapter 2f)
 
     def problems(self) -> list[str]:
         out = [f"{k} must be >= 1, got {getattr(self, k)}" for k in ("patients", "size", "slices") if getattr(self, k) < 1]
@@ -172,6 +173,7 @@ class LidcKnobs(DatasetKnobs):
         elif self.image_size and self.patch_size > self.image_size:
             out.append(f"patch_size {self.patch_size} exceeds image_size {self.image_size}")
         if not 0 <= self.hard_negatives <= 1: out.append(f"hard_negatives must be in [0, 1], got {self.hard_negatives}")
+        if self.context_slices < 0: out.append(f"context_slices must be >= 0, got {self.context_slices}")
         return out
 
 # %% ../nbs/05b_datasets.ipynb #542c1dff
@@ -180,7 +182,8 @@ def lidc_params(cfg: Config) -> dict:
     k = cfg.lidc
     return dict(image_size=k.image_size or cfg.image_size, hu_window=[float(v) for v in k.hu_window],
                 consensus=float(k.consensus), contour_points=k.contour_points,
-                target_spacing=k.target_spacing or None, body_threshold=BODY_HU, crop=k.crop)
+                target_spacing=k.target_spacing or None, body_threshold=BODY_HU, crop=k.crop,
+                **({"context": k.context_slices} if k.context_slices else {}))  # absent at 0: older caches stay valid
 
 def lidc_cases(data_dir: Path, params: dict, problems: list):
     "Each CT series, read and preprocessed; a patient's second series gets `#2`."
@@ -192,7 +195,7 @@ def lidc_cases(data_dir: Path, params: dict, problems: list):
         seen[case.case_id] = seen.get(case.case_id, 0) + 1
         cid = case.case_id if seen[case.case_id] == 1 else f"{case.case_id}#{seen[case.case_id]}"
         yield cid, preprocess_ct(case.hu, case.spacing, case.consensus_mask, params["image_size"], params["hu_window"],
-                                 params["target_spacing"], params["body_threshold"], params["crop"])
+                                 params["target_spacing"], params["body_threshold"], params["crop"], context=params.get("context", 0))
 
 def lidc_patient(case_id: str) -> str:
     "`LIDC-IDRI-0001#2` (a second series) belongs to patient `LIDC-IDRI-0001`."

@@ -24,8 +24,8 @@ from .data.core import DataError, data_fingerprint
 
 # %% auto #0
 __all__ = ['MRI_PERCENTILES', 'BODY_HU', 'CACHE_VERSION', 'ARRAYS', 'window_ct', 'normalise_mri', 'body_mask', 'square_box',
-           'crop_box', 'resize_slices', 'resample_inplane', 'resize_masks', 'preprocess_ct', 'axial', 'preprocess_mri',
-           'SliceSet', 'cache_key', 'open_cache', 'cached_slices', 'training_indices']
+           'crop_box', 'resize_slices', 'resample_inplane', 'resize_masks', 'with_neighbours', 'preprocess_ct', 'axial',
+           'preprocess_mri', 'SliceSet', 'cache_key', 'open_cache', 'cached_slices', 'training_indices']
 
 # %% ../nbs/02f_preprocess.ipynb #57bcdbbf
 def window_ct(hu: np.ndarray,                # CT intensities in Hounsfield units, any shape
@@ -146,6 +146,18 @@ def resize_masks(masks: np.ndarray, # (z, h, w) or (z, h, w, K) label masks (boo
             out[idx[0], y, x] |= share[idx[0], y, x] >= share[idx[0], y, x, idx[1]]
     return out
 
+# %% ../nbs/02f_preprocess.ipynb #801c9874
+def with_neighbours(slices: np.ndarray, # (z, H, W) slices of one volume, in order
+                    context: int = 1     # neighbours on each side
+                   ) -> np.ndarray:
+    "(z, H, W, 1 + 2 * context): each slice, then its neighbours at -1, +1, -2, +2, ...; the end slices repeat."
+    if context < 0: raise ValueError(f"context must be >= 0, got {context}")
+    s = np.asarray(slices)
+    if s.ndim != 3: raise ValueError(f"expected (z, H, W) slices, got shape {s.shape}")
+    z = np.arange(len(s))
+    offsets = [0] + [o for d in range(1, context + 1) for o in (-d, d)]
+    return np.stack([s[np.clip(z + o, 0, len(s) - 1)] for o in offsets], axis=-1)
+
 # %% ../nbs/02f_preprocess.ipynb #6f2c989e
 def preprocess_ct(hu: np.ndarray,          # (z, y, x) HU
                   spacing: Sequence[float], # (z, y, x) mm
@@ -155,9 +167,10 @@ def preprocess_ct(hu: np.ndarray,          # (z, y, x) HU
                   target_spacing: float | None = None, # in-plane mm to resample to first; None keeps it
                   body_threshold: float = BODY_HU,     # HU threshold of the body mask
                   crop: str = "body",      # "body": square around the body; "lung": around the air inside it
-                  margin: float = 0.05     # "lung": share of the box side added on each side
+                  margin: float = 0.05,    # "lung": share of the box side added on each side
+                  context: int = 0         # neighbouring slices on each side as extra channels (`with_neighbours`)
                  ) -> dict:
-    "Window, (resample,) crop to the body or the lungs and resize one CT volume; masks by area (`resize_masks`)."
+    "Window, (resample,) crop to the body or the lungs and resize one CT volume (2.5-D with `context`); masks by area."
     if crop not in ("body", "lung"): raise ValueError(f"crop must be 'body' or 'lung', got {crop!r}")
     if hu.ndim != 3 or mask.shape != hu.shape:
         raise ValueError(f"expected a (z, y, x) volume and a mask of the same shape, got {hu.shape} and {mask.shape}")
@@ -174,7 +187,7 @@ def preprocess_ct(hu: np.ndarray,          # (z, y, x) HU
         pad = int(round(margin * (y1 - y0)))
         box = (y0 - pad, y1 + pad, x0 - pad, x1 + pad)
     side = box[1] - box[0]
-    return dict(images=resize_slices(crop_box(image, box), image_size, order=1)[..., None],
+    return dict(images=with_neighbours(resize_slices(crop_box(image, box), image_size, order=1), context),
                 masks=resize_masks(crop_box(mask, box), image_size)[..., None].astype(np.uint8),
                 roi=resize_slices(crop_box(body, box), image_size, order=0),
                 spacing=(float(spacing[0]), spacing[1] * side / image_size, spacing[2] * side / image_size))
