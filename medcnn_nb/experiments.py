@@ -12,6 +12,7 @@ from .config import Config, OutputLayout, seed_everything
 from .datasets import DatasetSpec, ensure_phantoms, get_dataset, load_slices
 from .preprocess import SliceSet, training_indices
 from .splits import load_or_make_folds
+from .loader import KeepHeapMemory
 from .train import fold_model, network_input_shape, train_fold, training_batches
 from .transfer import save_unet_encoder
 from .variants import VARIANTS, Variant
@@ -88,5 +89,6 @@ def pretrained_encoder(dataset: str,         # the target dataset (its definitio
     seed_everything(cfg.seed, cfg.deterministic)
     idx = training_indices(s, sorted(set(map(str, s.case_ids))), cfg.negatives_ratio, cfg.seed)
     model = fold_model(VARIANTS["unoptimised"], cfg, network_input_shape(s, cfg), s.masks.shape[-1], src.spec.dice_kwargs())
-    model.fit(training_batches(s, idx, cfg, seed=cfg.seed), epochs=cfg.max_epochs, verbose=verbose)  # as a fold fits
+    model.fit(training_batches(s, idx, cfg, seed=cfg.seed), epochs=cfg.max_epochs, verbose=verbose,  # as a fold fits
+              callbacks=[KeepHeapMemory()])
     return save_unet_encoder(model, path)

@@ -5,6 +5,8 @@
 # %% ../nbs/02i_loader.ipynb #fdad1ec3
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 from typing import Sequence
 
@@ -15,7 +17,7 @@ from .augment import foreground_patches, random_affine_batch
 from .preprocess import SliceSet
 
 # %% auto #0
-__all__ = ['SliceLoader']
+__all__ = ['M_TRIM_THRESHOLD', 'M_MMAP_THRESHOLD', 'SliceLoader', 'keep_heap_memory', 'KeepHeapMemory']
 
 # %% ../nbs/02i_loader.ipynb #0e7d67d1
 def _read_rows(sliceset: SliceSet, idx: np.ndarray) -> tuple:
@@ -72,3 +74,28 @@ class SliceLoader(keras.utils.PyDataset):
         return images, masks.astype(np.float32)
 
     def on_epoch_end(self): self.set_epoch(self.epoch + 1)
+
+# %% ../nbs/02i_loader.ipynb #667c8f48
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h> parameter numbers for mallopt
+
+def _glibc():
+    "The C library when it is glibc (it has `mallinfo2`), else None."
+    try: libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError: return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version") else None
+
+def keep_heap_memory(mmap_threshold: int = 32 << 20, # requests below this many bytes come from the heap, not a fresh mmap
+                     trim_threshold: int = 64 << 20  # free bytes kept at the top of the heap before giving them back
+                    ) -> bool:
+    "Set glibc malloc's mmap and trim thresholds (default: the ceiling its own adjustment reaches); False without glibc."
+    libc = _glibc()
+    if libc is None: return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, int(mmap_threshold)) and libc.mallopt(M_TRIM_THRESHOLD, int(trim_threshold)))
+
+class KeepHeapMemory(keras.callbacks.Callback):
+    "Call `keep_heap_memory` once per `fit`, after its first training batch (after tf.data has set its own threshold)."
+    async_safe = True  # it touches no model state, so Keras keeps dispatching batches without waiting for it
+    def __init__(self): super().__init__(); self.done = False
+    def on_train_begin(self, logs=None): self.done = False
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.done: self.done = True; keep_heap_memory()

@@ -17,7 +17,7 @@ import numpy as np
 
 from .config import Config, atomic_write, env_report, git_commit, seed_everything, versions, write_json
 from .datasets import get_dataset
-from .loader import SliceLoader
+from .loader import KeepHeapMemory, SliceLoader
 from .losses import DiceBCELoss, DiceFocalLoss, DiceLoss, DiceMetric, FocalLoss, get_loss
 from .models import build_model
 from .preprocess import SliceSet, training_indices
@@ -293,7 +293,8 @@ def fit_fold(model, sliceset: SliceSet, slices: FoldSlices, variant, cfg: Config
     t0 = time.perf_counter()
     if first_epoch < epochs and not (state or {}).get("stopped"):
         model.fit(train, validation_data=monitor, epochs=epochs, initial_epoch=first_epoch,
-                  callbacks=resumable_callbacks(run_dir, variant, cfg, state if resumed else None), verbose=verbose)
+                  callbacks=[*resumable_callbacks(run_dir, variant, cfg, state if resumed else None), KeepHeapMemory()],
+                  verbose=verbose)  # KeepHeapMemory: chapter 2i (twice as fast under TensorFlow)
     return time.perf_counter() - t0, int(min(len(slices.fit), len(train) * physical))
 
 def fold_finished(run_dir: Path, cfg: Config) -> bool:
