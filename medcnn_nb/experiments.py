@@ -10,9 +10,9 @@ from pathlib import Path
 
 from .config import Config, OutputLayout, seed_everything
 from .datasets import DatasetSpec, ensure_phantoms, get_dataset, load_slices
+from .loader import KeepHeapMemory
 from .preprocess import SliceSet, training_indices
 from .splits import load_or_make_folds
-from .loader import KeepHeapMemory
 from .train import fold_model, network_input_shape, train_fold, training_batches
 from .transfer import save_unet_encoder
 from .variants import VARIANTS, Variant

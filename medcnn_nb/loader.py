@@ -79,7 +79,7 @@ class SliceLoader(keras.utils.PyDataset):
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h> parameter numbers for mallopt
 
 def _glibc():
-    "The C library when it is glibc (it has `mallinfo2`), else None."
+    "The C library when it is glibc (it has `mallopt` and `gnu_get_libc_version`), else None."
     try: libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError: return None
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version") else None
