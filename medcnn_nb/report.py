@@ -476,10 +476,12 @@ def learning_curves(histories: dict[int, pd.DataFrame], # from `read_histories`
         for col, metric in ((1, "loss"), (2, "dice")):
             for prefix, dash, part in (("", "solid", "train"), ("val_", "dash", "validation")):
                 if prefix + metric not in h: continue
+                # one legend entry per fold (the title says which line is which): ten entries overflowed
+                # the figure's height, and a click on "fold k" shows or hides all four of its lines
                 fig.add_trace(go.Scatter(x=h["epoch"] + 1, y=h[prefix + metric], mode="lines+markers",
                                          line=dict(color=colour, dash=dash), marker=dict(size=4),
-                                         name=f"fold {fold} {part}", legendgroup=f"{fold}{part}",
-                                         showlegend=col == 1), row=1, col=col)
+                                         name=f"fold {fold}", legendgroup=f"fold {fold}", hovertext=part,
+                                         showlegend=col == 1 and not prefix), row=1, col=col)
     fig.update_xaxes(title_text="epoch")
     fig.update_yaxes(range=[0, 1], row=1, col=2)
     fig.update_layout(title=title, height=360, width=1000, margin=dict(l=50, r=10, t=60, b=40))

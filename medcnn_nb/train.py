@@ -15,6 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from .augment import foreground_patches
 from .config import Config, atomic_write, env_report, git_commit, seed_everything, versions, write_json
 from .datasets import get_dataset
 from .loader import KeepHeapMemory, SliceLoader
@@ -229,14 +230,21 @@ def network_input_shape(sliceset: SliceSet, cfg: Config) -> tuple:
 
 
 # %% ../nbs/05c_train.ipynb #22713607
-def foreground_prior(sliceset: SliceSet, # the dataset's slices
-                     idx: np.ndarray     # the slices a fold fits on
+def foreground_prior(sliceset: SliceSet,       # the dataset's slices
+                     idx: np.ndarray,          # the slices a fold fits on
+                     patch_size: int = 0,      # > 0: the fold trains on patches of this side (`training_patch`)
+                     hard_negatives: float = 0.0, # the loader's share of empty slices' patches put on a bright spot
+                     seed: int = 0             # the patches' random placement
                     ) -> np.ndarray:
-    "Share of foreground pixels per output channel in the slices `idx` (clipped to [1e-4, 0.5])."
-    fg = np.zeros(sliceset.masks.shape[-1]); n = 0
+    "Share of foreground pixels per output channel in what the fold trains on: the slices `idx`, or one patch of each (clipped to [1e-4, 0.5])."
+    fg, n, rng = np.zeros(sliceset.masks.shape[-1]), 0, np.random.default_rng(seed)
     for s in range(0, len(idx), 256):  # in chunks: the masks may be a memory map
-        m = np.asarray(sliceset.masks[np.sort(idx[s:s + 256])], np.float64)
-        fg += m.sum(axis=(0, 1, 2)); n += m[..., 0].size
+        rows = np.sort(idx[s:s + 256])
+        m = np.asarray(sliceset.masks[rows])
+        if patch_size:  # patches sit on the foreground: a LIDC patch holds ~4x the share of its whole slice
+            m = foreground_patches(np.asarray(sliceset.images[rows], np.float32), m, patch_size, rng,
+                                   hard_negatives=hard_negatives)[1]
+        fg += m.sum(axis=(0, 1, 2), dtype=np.float64); n += m[..., 0].size
     return np.clip(fg / max(n, 1), 1e-4, 0.5)
 
 def restore_or_build(run_dir: Path,   # the fold's folder
@@ -253,7 +261,8 @@ def restore_or_build(run_dir: Path,   # the fold's folder
         with distribution_scope(cfg): model = keras.saving.load_model(run_dir / "last.keras", custom_objects=CUSTOM_OBJECTS)
         trim_history(run_dir / "history.csv", state["epochs_done"])
         return model, state, True, state["epochs_done"]
-    prior = foreground_prior(sliceset, fit) if cfg.prior_bias and fit is not None and len(fit) else None
+    prior = (foreground_prior(sliceset, fit, training_patch(sliceset, cfg), get_dataset(sliceset.dataset).hard_negatives(cfg))
+             if cfg.prior_bias and fit is not None and len(fit) else None)
     model = fold_model(variant, cfg, network_input_shape(sliceset, cfg), sliceset.masks.shape[-1],
                        get_dataset(sliceset.dataset).dice_kwargs(),
                        None if prior is None else np.log(prior / (1 - prior)))
