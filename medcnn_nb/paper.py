@@ -22,7 +22,7 @@ from .config import (Config, NativeStderrFilter, OutputLayout, add_config_args, 
 from .data.core import DataError, data_fingerprint
 from .datasets import DATASETS, ensure_phantoms, get_dataset, validate_dataset, validation_summary
 from .variants import ABLATION, TABLE_VARIANTS
-from .report import NO_BROWSER, chrome_path
+from .report import NO_BROWSER, chrome_path, render_pngs
 
 # %% auto #0
 __all__ = ['experiments_dir', 'run_notebook', 'run_jobs', 'plan', 'FoldProgress', 'prepare_outputs', 'check_data',
@@ -95,7 +95,7 @@ def plan(cfg: Config,             # the run's configuration
                          dataset=dataset, variant=variant,
                          parameters=dict(dataset=dataset, variant=variant, folds=",".join(map(str, folds)),
                                          config=cfg.to_dict(), data_dir=str(Path(data_dirs[dataset]).resolve()),
-                                         out_dir=out, verbose=2)))
+                                         out_dir=out, verbose=2, png="later")))  # one browser draws all PNGs: `run`
     # datasets alternate, so that parallel jobs (--jobs 2) build the slice caches at the same time
     for variant in TABLE_VARIANTS:
         for dataset in data_dirs: job(dataset, variant, list(range(cfg.folds)))
@@ -270,7 +270,11 @@ def run(args: argparse.Namespace # `medcnn-paper`'s parsed arguments
     with FoldProgress(_fold_files(cfg, args.out, jobs), disable=args.quiet):
         failed = run_jobs([j for j in jobs if j["variant"] is not None], workers, timings)
         # the aggregation reads every fold, so it runs only once they are all there
-        if not failed: failed = run_jobs([j for j in jobs if j["variant"] is None], 1, timings)
+        if not failed:
+            t0 = time.perf_counter()
+            render_pngs(layout.figures)  # the experiments' figures, in one browser (a start costs each notebook ~11 s)
+            timings["pngs"] = round(time.perf_counter() - t0, 1)
+            failed = run_jobs([j for j in jobs if j["variant"] is None], 1, timings)
     write_manifest(layout, cfg, data_dirs, timings, started, checks)
     if failed:
         for name, error in failed: print(f"medcnn-paper: {name}: {error}", file=sys.stderr)

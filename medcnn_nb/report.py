@@ -22,11 +22,11 @@ from .config import atomic_write
 from .datasets import Row, get_dataset
 
 # %% auto #0
-__all__ = ['N_RESAMPLES', 'WIDE', 'VARIANT_COLUMNS', 'STATS_CAPTION', 'NO_BROWSER', 'PLOTLY_JS', 'CHAR_PX', 'patient_parts',
-           'ratio', 'bootstrap_ratio', 'paired_bootstrap', 'wilcoxon_signed_rank', 'verdict', 'load_fold_metrics',
-           'compare', 'results_table', 'display_table', 'write_table', 'ablation_table', 'display_ablation',
-           'chrome_path', 'write_plotly_js', 'figure_html', 'save_figure', 'figure3', 'pipeline_figure',
-           'overlay_figure', 'read_histories', 'learning_curves']
+__all__ = ['N_RESAMPLES', 'WIDE', 'VARIANT_COLUMNS', 'STATS_CAPTION', 'NO_BROWSER', 'PLOTLY_JS', 'PENDING_PNG', 'CHAR_PX',
+           'patient_parts', 'ratio', 'bootstrap_ratio', 'paired_bootstrap', 'wilcoxon_signed_rank', 'verdict',
+           'load_fold_metrics', 'compare', 'results_table', 'display_table', 'write_table', 'ablation_table',
+           'display_ablation', 'chrome_path', 'write_plotly_js', 'figure_html', 'save_figure', 'render_pngs', 'figure3',
+           'pipeline_figure', 'overlay_figure', 'read_histories', 'learning_curves']
 
 # %% ../nbs/06a_report.ipynb #7474dabb
 def patient_parts(folds: list[dict],   # metrics dicts of the folds of one variant (each with `per_case`)
@@ -335,19 +335,43 @@ def figure_html(fig) -> str:
     "A whole HTML page for `fig` that loads plotly.js from `plotly.min.js` in its own folder: no network needed."
     return fig.to_html(include_plotlyjs="directory", full_html=True)
 
+PENDING_PNG = ".pending-png"  # under a figures folder: the figures whose PNG `render_pngs` is to draw
+
 def save_figure(fig,                    # a plotly figure
                 out_dir: str | Path,    # outputs/<profile>/figures
                 name: str,              # file stem
-                png: bool = True,       # also write a PNG (needs Chrome/Chromium)
+                png: bool | str = True, # also write a PNG (needs Chrome/Chromium); "later": leave it to `render_pngs`
                 width: int = 1000, height: int = 500 # PNG size in pixels
                ) -> dict[str, Path]:
     "Write `<name>.html` (with `plotly.min.js` beside it) and `<name>.png`; return the paths written."
     out_dir = Path(out_dir)
+    if png not in (True, False, "later"): raise ValueError(f"png must be True, False or 'later', got {png!r}")
     write_plotly_js(out_dir)
     paths = {"html": atomic_write(out_dir / f"{name}.html", figure_html(fig))}
-    if png and (data := _png_bytes(fig, width, height)) is not None:
+    if png == "later":
+        atomic_write(out_dir / PENDING_PNG / f"{name}.json", json.dumps(dict(figure=json.loads(fig.to_json()),
+                                                                                width=width, height=height)))
+    elif png and (data := _png_bytes(fig, width, height)) is not None:
         paths["png"] = atomic_write(out_dir / f"{name}.png", data)
     return paths
+
+def render_pngs(out_dir: str | Path # a figures folder where `save_figure(..., png="later")` left figures
+               ) -> list[Path]:
+    "Draw the PNG of every figure left for later in `out_dir`, in one browser; return the PNGs written."
+    pending, written = Path(out_dir) / PENDING_PNG, []
+    # without a browser the HTML figures stand alone; the caller says so (`medcnn-paper`: once, at the end)
+    if pending.is_dir() and chrome_path() is not None:
+        for spec in sorted(pending.glob("*.json")):
+            s = json.loads(spec.read_text())
+            if (data := _png_bytes(go.Figure(s["figure"]), s["width"], s["height"])) is None: break
+            written.append(atomic_write(Path(out_dir) / f"{spec.stem}.png", data))
+        if _KALEIDO["started"]:  # the browser would outlive this call (and keep a command from exiting)
+            import kaleido
+            kaleido.stop_sync_server(silence_warnings=True); _KALEIDO["started"] = False
+    if pending.is_dir():
+        for spec in pending.glob("*.json"): spec.unlink()
+        pending.rmdir()
+    return written
 
 # %% ../nbs/06a_report.ipynb #0ccb77d1
 def _value_traces(fig, t: pd.DataFrame, x: list, variants, colours: dict, col: int):
