@@ -9,6 +9,7 @@ import html
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -368,9 +369,7 @@ def render_pngs(out_dir: str | Path # a figures folder where `save_figure(..., p
         if _KALEIDO["started"]:  # the browser would outlive this call (and keep a command from exiting)
             import kaleido
             kaleido.stop_sync_server(silence_warnings=True); _KALEIDO["started"] = False
-    if pending.is_dir():
-        for spec in pending.glob("*.json"): spec.unlink()
-        pending.rmdir()
+    shutil.rmtree(pending, ignore_errors=True)
     return written
 
 # %% ../nbs/06a_report.ipynb #0ccb77d1

@@ -226,6 +226,10 @@ def training_patch(sliceset: SliceSet, cfg: Config) -> int:
         raise ValueError(f"{sliceset.dataset}.patch_size {patch} must be divisible by 2**depth = {2**cfg.depth}")
     return patch
 
+def _patch_sampling(sliceset: SliceSet, cfg: Config) -> dict:
+    "How the fold's loader cuts its training patches: `patch_size` and `hard_negatives` (one source for the loader and the prior)."
+    return dict(patch_size=training_patch(sliceset, cfg), hard_negatives=get_dataset(sliceset.dataset).hard_negatives(cfg))
+
 def network_input_shape(sliceset: SliceSet, cfg: Config) -> tuple:
     "(H, W, C) the fold's networks are built for: (None, None, C) when they train on patches and predict whole slices."
     shape = tuple(sliceset.images.shape[1:])
@@ -264,8 +268,7 @@ def restore_or_build(run_dir: Path,   # the fold's folder
         with distribution_scope(cfg): model = keras.saving.load_model(run_dir / "last.keras", custom_objects=CUSTOM_OBJECTS)
         trim_history(run_dir / "history.csv", state["epochs_done"])
         return model, state, True, state["epochs_done"]
-    prior = (foreground_prior(sliceset, fit, training_patch(sliceset, cfg), get_dataset(sliceset.dataset).hard_negatives(cfg))
-             if cfg.prior_bias and fit is not None and len(fit) else None)
+    prior = foreground_prior(sliceset, fit, **_patch_sampling(sliceset, cfg)) if cfg.prior_bias and fit is not None and len(fit) else None
     model = fold_model(variant, cfg, network_input_shape(sliceset, cfg), sliceset.masks.shape[-1],
                        get_dataset(sliceset.dataset).dice_kwargs(),
                        None if prior is None else np.log(prior / (1 - prior)))
@@ -284,8 +287,7 @@ def training_batches(sliceset: SliceSet, idx: np.ndarray, cfg: Config,
                      start_epoch: int = 0   # a resumed fold's first epoch
                     ):
     "Epoch after epoch of shuffled physical batches of the slices `idx` (or of patches): `steps_per_epoch` Adam steps each."
-    loader = SliceLoader(sliceset, idx, physical_batch(cfg), augment=augment, seed=seed, patch_size=training_patch(sliceset, cfg),
-                         hard_negatives=get_dataset(sliceset.dataset).hard_negatives(cfg))
+    loader = SliceLoader(sliceset, idx, physical_batch(cfg), augment=augment, seed=seed, **_patch_sampling(sliceset, cfg))
     return epoch_batches(loader,
                          cfg.steps_per_epoch * cfg.gradient_accumulation, start_epoch=start_epoch)
 
