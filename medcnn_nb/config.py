@@ -342,6 +342,15 @@ class NativeStderrFilter:
     "Context manager: file descriptor 2 (and so every child process's) goes through a thread dropping `pattern` lines."
     def __init__(self, pattern=STARTUP_NOISE, enabled: bool = True):
         self.pattern, self.enabled = pattern, enabled and os.name == "posix"
+        # the same lines at the end of a line: a progress bar's unfinished line (no newline yet) can run into a
+        # noise line that a kernel wrote meanwhile ("... 29/32 [07:28<00:46][IPKernelApp] ERROR | ...")
+        self._tail = re.compile(pattern.pattern.removeprefix("^"), pattern.flags)
+    def _clean(self, line: bytes) -> bytes:
+        "`line` without the noise: nothing when it is all noise, the part before the noise when it ends in noise."
+        text = line.rstrip(b"\r\n").decode("utf-8", "surrogateescape")  # lossless: the kept bytes are the bytes read
+        if self.pattern.match(text): return b""
+        tail = self._tail.search(text)
+        return line if tail is None else text[:tail.start()].encode("utf-8", "surrogateescape")
     def __enter__(self):
         if not self.enabled: return self
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported here or in a child
@@ -361,7 +370,7 @@ class NativeStderrFilter:
             if chunk: pending += chunk
             *lines, pending = re.split(rb"(?<=[\n\r])", pending)
             if chunk is None and pending: lines, pending = lines + [pending], b""  # a progress bar's partial line
-            keep = b"".join(l for l in lines if not self.pattern.match(l.rstrip(b"\r\n").decode("utf-8", "replace")))
+            keep = b"".join(self._clean(l) for l in lines)
             if keep: os.write(out, keep)
         if pending: os.write(out, pending)
         os.close(r); os.close(out)
