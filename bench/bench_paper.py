@@ -1,6 +1,6 @@
 """Time `medcnn-paper` end to end (phantom generation included) and summarise Tables 1-2.
 
-    .venv/bin/python bench/bench_paper.py --profile teaching          # the `make paper` budget: <= 20 min
+    .venv/bin/python bench/bench_paper.py --profile teaching          # the `make paper` budget: <= 10 min (issue 13)
     .venv/bin/python bench/bench_paper.py --profile smoke              # the smoke budget: <= 3 min
 
 It starts from an empty output folder and an empty phantom folder (so generation and the slice cache are
