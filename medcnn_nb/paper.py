@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: tqdm.auto warns "IProgress not found" in every kernel without ipywidgets
 
 from .config import (Config, NativeStderrFilter, OutputLayout, add_config_args, config_from_args, env_report,
                               git_commit, versions, write_json)
@@ -50,8 +50,11 @@ def run_notebook(name: str,            # "experiment" or "paper"
     src = experiments_dir() / f"{name}.ipynb"
     executed = Path(executed); executed.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    # capture_fd_output off: what C++ code writes to the kernel's file descriptor 2 (TensorFlow's start-up lines)
+    # goes to our stderr, through the commands' filter, instead of into the executed notebook as cell output
     pm.execute_notebook(str(src), str(executed), parameters=parameters, kernel_name="python3", language="python",
-                        cwd=str(src.parent), progress_bar=False, log_output=log_output)
+                        cwd=str(src.parent), progress_bar=False, log_output=log_output,
+                        extra_arguments=["--IPKernelApp.capture_fd_output=False"])
     return time.perf_counter() - t0
 
 # %% ../nbs/06b_paper.ipynb #a7c1e0d2

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: tqdm.auto warns "IProgress not found" in every kernel without ipywidgets
 
 from .config import temp_name, write_json
 from .data.core import DataError, data_fingerprint

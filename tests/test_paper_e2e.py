@@ -375,6 +375,16 @@ def test_console_is_quiet(smoke_run):
     assert stderr.strip() == "", stderr[-2000:]  # --quiet: no progress bar; and nothing else either
 
 
+def test_executed_notebooks_hold_no_startup_noise(smoke_run):
+    """The executed notebooks a reader opens hold what the cells print, not TensorFlow's C++ start-up lines (the
+    kernels run with capture_fd_output off, so those go through the command's filter) nor tqdm's ipywidgets warning."""
+    root = smoke_run[0]
+    streams = [(nb.name, "".join(o["text"])) for nb in sorted((root / "notebooks").glob("*.ipynb"))
+               for c in json.loads(nb.read_text())["cells"] for o in c.get("outputs", []) if o.get("output_type") == "stream"]
+    assert sum("--- lidc / unoptimised / fold 0 ---" in t for _, t in streams) == 1  # the cells' own output is there
+    assert [(name, t[:300]) for name, t in streams if TF_LINE.search(t) or "TqdmWarning" in t] == []
+
+
 def test_verbose_shows_tensorflow_logs(tmp_path):
     "The filter is what keeps the console quiet: with --verbose the same start-up lines come through."
     run = subprocess.run(CMD + ["--profile", "smoke", "--out", str(tmp_path), "--verbose", "--lidc", str(tmp_path / "none")],
