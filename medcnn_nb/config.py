@@ -342,13 +342,12 @@ class NativeStderrFilter:
     "Context manager: file descriptor 2 (and so every child process's) goes through a thread dropping `pattern` lines."
     def __init__(self, pattern=STARTUP_NOISE, enabled: bool = True):
         self.pattern, self.enabled = pattern, enabled and os.name == "posix"
-        # the same lines at the end of a line: a progress bar's unfinished line (no newline yet) can run into a
-        # noise line that a kernel wrote meanwhile ("... 29/32 [07:28<00:46][IPKernelApp] ERROR | ...")
+        # the same lines anywhere up to the end of a line: a whole noise line (found at 0), or one that ran into a
+        # progress bar's unfinished line (no newline yet) meanwhile ("... 29/32 [07:28<00:46][IPKernelApp] ERROR | ...")
         self._tail = re.compile(pattern.pattern.removeprefix("^"), pattern.flags)
     def _clean(self, line: bytes) -> bytes:
         "`line` without the noise: nothing when it is all noise, the part before the noise when it ends in noise."
         text = line.rstrip(b"\r\n").decode("utf-8", "surrogateescape")  # lossless: the kept bytes are the bytes read
-        if self.pattern.match(text): return b""
         tail = self._tail.search(text)
         return line if tail is None else text[:tail.start()].encode("utf-8", "surrogateescape")
     def __enter__(self):
