@@ -24,7 +24,8 @@ from .data.msd import find_msd_cases, load_msd_case, scan_msd, write_msd_phantom
 from .data.phantom_brats import write_brats_phantoms
 from .data.phantom_lidc import write_lidc_phantoms
 from .metrics import evaluate_brats, evaluate_lidc
-from .preprocess import BODY_HU, MRI_PERCENTILES, SliceSet, cached_slices, preprocess_ct, preprocess_mri
+from .preprocess import (BODY_HU, MRI_NORMALISATIONS, MRI_PERCENTILES, MRI_Z_CLIP, SliceSet, cached_slices,
+                                  preprocess_ct, preprocess_mri)
 
 # %% auto #0
 __all__ = ['DICE_REDUCTIONS', 'DATASETS', 'LIDC', 'BRATS_REGIONS_CAPTION', 'BRATS_ROWS', 'BRATS', 'MSD', 'Row', 'DatasetSpec',
@@ -274,6 +275,13 @@ LIDC = register(DatasetSpec(
     scan_knobs=("consensus",)))
 
 # %% ../nbs/05b_datasets.ipynb #82a973a1
+def _mri_problems(knobs) -> list[str]:
+    "What is wrong with the knobs every MRI dataset has (phantom sizes, normalisation)."
+    out = [f"{k} must be >= 1, got {getattr(knobs, k)}" for k in ("patients", "size", "slices") if getattr(knobs, k) < 1]
+    if knobs.normalisation not in MRI_NORMALISATIONS:
+        out.append(f"normalisation must be one of {MRI_NORMALISATIONS}, got {knobs.normalisation!r}")
+    return out
+
 @dataclass(frozen=True)
 class BratsKnobs(DatasetKnobs):
     "The BraTS section of the configuration (`cfg.brats`)."
@@ -282,17 +290,20 @@ class BratsKnobs(DatasetKnobs):
     slices: int = 48    # phantom MRI slices (real BraTS: 155)
     year: int = 2021    # naming and labels of the phantoms: 2020, 2021 or 2023
     labels: str = ""    # label convention of the seg files read: "2015", "2017", "2023"; "": the one of the naming
+    normalisation: str = "zscore" # intensities to [0, 1]: "zscore" or "percentile" (chapter 2f: the latter depends on the tumour)
 
     def problems(self) -> list[str]:
-        out = [f"{k} must be >= 1, got {getattr(self, k)}" for k in ("patients", "size", "slices") if getattr(self, k) < 1]
+        out = _mri_problems(self)
         if self.year not in (2020, 2021, 2023): out.append(f"year must be 2020, 2021 or 2023, got {self.year}")
         if self.labels not in ("", "2015", "2017", "2023"): out.append(f"labels must be 2015, 2017 or 2023, got {self.labels!r}")
         return out
 
 # %% ../nbs/05b_datasets.ipynb #9043a25b
-def mri_params(cfg: Config) -> dict:
-    "The settings that change cached MRI slices: the image size and the normalisation percentiles."
-    return dict(image_size=cfg.image_size, percentiles=list(MRI_PERCENTILES))
+def mri_params(cfg: Config, knobs) -> dict:
+    "The settings that change cached MRI slices: the image size, and the normalisation with its constants."
+    method = knobs.normalisation  # `knobs`: the dataset's section of `cfg`
+    return dict(image_size=cfg.image_size, normalisation=method,
+                **({"z_clip": MRI_Z_CLIP} if method == "zscore" else {"percentiles": list(MRI_PERCENTILES)}))
 
 def mri_cases(find: Callable, load: Callable) -> Callable:
     "A case generator for an MRI layout: `find(data_dir)` lists case paths, `load(path)` returns a `BratsCase`."
@@ -303,7 +314,8 @@ def mri_cases(find: Callable, load: Callable) -> Callable:
             if case.seg is None: problems.append(f"{path}: no segmentation, cannot be used for training"); continue
             zooms = np.sqrt((np.asarray(case.affine)[:3, :3] ** 2).sum(axis=0))
             yield case.case_id, preprocess_mri(case.image, case.brain_mask, regions(case.seg), zooms,
-                                               params["image_size"], params["percentiles"])
+                                               params["image_size"], params["normalisation"],
+                                               params.get("percentiles", MRI_PERCENTILES), params.get("z_clip", MRI_Z_CLIP))
     return cases
 
 def brats_patient(case_id: str) -> str:
@@ -331,8 +343,9 @@ BRATS_ROWS = (Row("Accuracy (voxel, WT, in brain)", "voxel_accuracy", "accuracy"
               Row("extra: Dice ET (per case)", "dice_et", percent=False),
               Row("extra: HD95 WT (mm, resized slices)", "hd95_wt", percent=False))
 
-def _percentile_scaling() -> str:
-    "The pipeline figures' words for `preprocess.normalise_mri`."
+def _mri_scaling(knobs) -> str:
+    "The pipeline figures' words for what `preprocess.normalise_mri` does with the dataset's `normalisation`."
+    if knobs.normalisation == "zscore": return f"z-score in brain\nclipped to +-{MRI_Z_CLIP:g} -> [0,1]"
     return f"percentile scaling\n({MRI_PERCENTILES[0]:g}-{MRI_PERCENTILES[1]:g} in brain) -> [0,1]"
 
 def _evaluate_regions(prob, truth, cases, roi, spacing):
@@ -341,7 +354,7 @@ def _evaluate_regions(prob, truth, cases, roi, spacing):
 BRATS = register(DatasetSpec(
     name="brats", title="BraTS", knobs=BratsKnobs,
     profiles={"smoke": dict(patients=6, size=64, slices=24), "paper": dict(patients=60, size=240, slices=155)},
-    params=mri_params, cases=mri_cases(find_brats_cases, load_brats_case), patient_id=brats_patient,
+    params=lambda cfg: mri_params(cfg, cfg.brats), cases=mri_cases(find_brats_cases, load_brats_case), patient_id=brats_patient,
     phantom_keys=("patients", "size", "slices", "seed", "year"),
     write_phantoms=lambda out, patients, size, slices, seed, year: write_brats_phantoms(
         out, patients, seed, year=year, size=size, slices=slices),
@@ -355,7 +368,7 @@ BRATS = register(DatasetSpec(
     claims={"unoptimised": dict(accuracy=0.873, sensitivity=0.814, specificity=0.902, dice=0.768),
             "optimised":   dict(accuracy=0.941, sensitivity=0.912, specificity=0.956, dice=0.885)},
     ablation_keys=("dice_wt", "voxel_sensitivity", "voxel_specificity", "voxel_accuracy"),
-    data_step=lambda cfg: "BraTS MRI\nT1, T1ce, T2, FLAIR\n" + _percentile_scaling(),
+    data_step=lambda cfg: "BraTS MRI\nT1, T1ce, T2, FLAIR\n" + _mri_scaling(cfg.brats),
     overlay_channel=3, pretrain_from="lidc",  # FLAIR, the last of data.brats.MODALITIES
     # TC and ET are absent from many slices that hold WT: per-image Dice on those empty targets taught the
     # optimised model to predict no TC at all (TC Dice 0.000 on 4 of 4 folds, measured); skipping them fixed it
@@ -368,9 +381,9 @@ class MsdKnobs(DatasetKnobs):
     patients: int = 20  # phantom cases
     size: int = 96      # phantom MRI in-plane size (real: 240)
     slices: int = 48    # phantom MRI slices (real: 155)
+    normalisation: str = "zscore" # intensities to [0, 1]: "zscore" or "percentile" (chapter 2f)
 
-    def problems(self) -> list[str]:
-        return [f"{k} must be >= 1, got {getattr(self, k)}" for k in ("patients", "size", "slices") if getattr(self, k) < 1]
+    def problems(self) -> list[str]: return _mri_problems(self)
 
 def msd_line(r: dict) -> str:
     "One line of `medcnn-data msd`."
@@ -381,7 +394,7 @@ def msd_line(r: dict) -> str:
 MSD = register(DatasetSpec(
     name="msd", title="MSD Task01 BrainTumour", knobs=MsdKnobs,
     profiles={"smoke": dict(patients=6, size=64, slices=24), "paper": dict(patients=60, size=240, slices=155)},
-    params=mri_params, cases=mri_cases(find_msd_cases, load_msd_case), patient_id=str,  # one case per patient
+    params=lambda cfg: mri_params(cfg, cfg.msd), cases=mri_cases(find_msd_cases, load_msd_case), patient_id=str,  # one case per patient
     phantom_keys=("patients", "size", "slices", "seed"),
     write_phantoms=lambda out, patients, size, slices, seed: write_msd_phantoms(out, patients, seed, size=size, slices=slices),
     scan=lambda d, knobs: scan_msd(d), summary=msd_line, evaluate=_evaluate_regions, rows=BRATS_ROWS,
@@ -391,7 +404,7 @@ MSD = register(DatasetSpec(
              "no values for this dataset. Definitions as in Table 2: accuracy, sensitivity and specificity are "
              + BRATS_REGIONS_CAPTION),
     claims={}, ablation_keys=BRATS.ablation_keys,
-    data_step=lambda cfg: "MSD Task01 MRI\nFLAIR, T1w, T1gd, T2w\n" + _percentile_scaling(),
+    data_step=lambda cfg: "MSD Task01 MRI\nFLAIR, T1w, T1gd, T2w\n" + _mri_scaling(cfg.msd),
     overlay_channel=3, in_paper=False, pretrain_from="lidc", dice_reduction=BRATS.dice_reduction))
 
 # %% ../nbs/05b_datasets.ipynb #8228373b

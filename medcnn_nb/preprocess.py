@@ -23,9 +23,10 @@ from .config import temp_name, write_json
 from .data.core import DataError, data_fingerprint
 
 # %% auto #0
-__all__ = ['MRI_PERCENTILES', 'BODY_HU', 'CACHE_VERSION', 'ARRAYS', 'window_ct', 'normalise_mri', 'body_mask', 'square_box',
-           'crop_box', 'resize_slices', 'resample_inplane', 'resize_masks', 'with_neighbours', 'preprocess_ct', 'axial',
-           'preprocess_mri', 'SliceSet', 'cache_key', 'open_cache', 'cached_slices', 'training_indices']
+__all__ = ['MRI_NORMALISATIONS', 'MRI_Z_CLIP', 'MRI_PERCENTILES', 'BODY_HU', 'CACHE_VERSION', 'ARRAYS', 'window_ct',
+           'normalise_mri', 'body_mask', 'square_box', 'crop_box', 'resize_slices', 'resample_inplane', 'resize_masks',
+           'with_neighbours', 'preprocess_ct', 'axial', 'preprocess_mri', 'SliceSet', 'cache_key', 'open_cache',
+           'cached_slices', 'training_indices']
 
 # %% ../nbs/02f_preprocess.ipynb #57bcdbbf
 def window_ct(hu: np.ndarray,                # CT intensities in Hounsfield units, any shape
@@ -38,13 +39,18 @@ def window_ct(hu: np.ndarray,                # CT intensities in Hounsfield unit
     return np.clip(out, 0.0, 1.0, out=out)
 
 # %% ../nbs/02f_preprocess.ipynb #3484bfd5
-MRI_PERCENTILES = (0.5, 99.5)  # intensity percentiles inside the brain mapped to 0 and 1
+MRI_NORMALISATIONS = ("zscore", "percentile")  # the ways `normalise_mri` maps a modality to [0, 1]
+MRI_Z_CLIP = 4.0               # "zscore": z-scores clipped to +-this, then mapped linearly onto [0, 1]
+MRI_PERCENTILES = (0.5, 99.5)  # "percentile": intensity percentiles inside the brain mapped to 0 and 1
 
 def normalise_mri(volume: np.ndarray,      # one modality with the mask's shape, or mask shape + (channels,)
                   brain_mask: np.ndarray,  # bool, True inside the brain
-                  percentiles: Sequence[float] = MRI_PERCENTILES # (low, high) percentiles mapped to 0 and 1
+                  method: str = "zscore",  # one of `MRI_NORMALISATIONS`
+                  percentiles: Sequence[float] = MRI_PERCENTILES, # "percentile": (low, high) mapped to 0 and 1
+                  z_clip: float = MRI_Z_CLIP # "zscore": |z| beyond this is clipped
                  ) -> np.ndarray:
-    "Each modality clipped to its brain percentiles and scaled to [0, 1]; 0 outside the brain (float32)."
+    "Each modality scaled to [0, 1] from its statistics inside the brain (z-score or percentiles); 0 outside (float32)."
+    if method not in MRI_NORMALISATIONS: raise ValueError(f"method must be one of {MRI_NORMALISATIONS}, got {method!r}")
     vol, mask = np.asarray(volume, dtype=np.float32), np.asarray(brain_mask, dtype=bool)
     single = vol.shape == mask.shape
     if not single and vol.shape[:-1] != mask.shape:
@@ -53,10 +59,14 @@ def normalise_mri(volume: np.ndarray,      # one modality with the mask's shape,
     chans = vol[..., None] if single else vol
     out = np.zeros(chans.shape, np.float32)
     for c in range(chans.shape[-1]):
-        v = chans[..., c]
-        lo, hi = np.percentile(v[mask], percentiles)
-        if hi > lo: out[..., c] = np.clip((v - lo) / (hi - lo), 0, 1)  # a constant modality stays 0
-        out[..., c][~mask] = 0
+        v, inside = chans[..., c], chans[..., c][mask]
+        if method == "zscore":
+            mu, sd = inside.mean(dtype=np.float64), inside.std(dtype=np.float64)
+            if sd > 0: out[..., c] = (np.clip((v - mu) / sd, -z_clip, z_clip) + z_clip) / (2 * z_clip)
+        else:
+            lo, hi = np.percentile(inside, percentiles)
+            if hi > lo: out[..., c] = np.clip((v - lo) / (hi - lo), 0, 1)
+        out[..., c][~mask] = 0  # a constant modality stays 0: it carries nothing
     return out[..., 0] if single else out
 
 # %% ../nbs/02f_preprocess.ipynb #0a98b413
@@ -203,12 +213,14 @@ def preprocess_mri(image: np.ndarray,      # (x, y, z, C) modalities in RAS+
                    regions: np.ndarray | None, # (x, y, z, K) bool targets, or None
                    spacing: Sequence[float], # (x, y, z) voxel size in mm
                    image_size: int,        # side of the output slices
-                   percentiles: Sequence[float] = MRI_PERCENTILES # normalisation percentiles
+                   normalisation: str = "zscore", # `normalise_mri`'s method
+                   percentiles: Sequence[float] = MRI_PERCENTILES, # its percentiles (method "percentile")
+                   z_clip: float = MRI_Z_CLIP # its clip (method "zscore")
                   ) -> dict:
     "Normalise each modality in the brain, crop to the brain and resize one MRI case."
     if image.ndim != 4 or image.shape[:3] != brain.shape:
         raise ValueError(f"expected (x, y, z, C) modalities and an (x, y, z) brain mask, got {image.shape} and {brain.shape}")
-    norm = axial(normalise_mri(image, brain, percentiles))
+    norm = axial(normalise_mri(image, brain, normalisation, percentiles, z_clip))
     brain = axial(np.asarray(brain, bool))
     targets = axial(np.asarray(regions, bool)) if regions is not None else np.zeros(brain.shape + (0,), bool)
     box = square_box(brain)

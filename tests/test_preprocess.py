@@ -4,6 +4,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import scipy.stats
 import pydicom
 import pytest
 from scipy import ndimage
@@ -39,22 +40,33 @@ def test_window_real_lidc_slice(real_lidc):
 def test_normalise_mri_hand_values():
     v = np.array([[10., 20., 30., 40., 50.], [999., 0., -5., 7., 3.]])
     brain = np.array([[True] * 5, [False] * 5])
-    out = normalise_mri(v, brain, percentiles=(0, 100))      # plain min-max inside the brain
+    out = normalise_mri(v, brain, "percentile", percentiles=(0, 100))  # plain min-max inside the brain
     np.testing.assert_allclose(out, [[0, .25, .5, .75, 1], [0, 0, 0, 0, 0]], atol=1e-7)
-    out = normalise_mri(v, brain, percentiles=(25, 75))      # NumPy linear percentiles: 20 and 40
+    out = normalise_mri(v, brain, "percentile", percentiles=(25, 75))  # NumPy linear percentiles: 20 and 40
     np.testing.assert_allclose(out[0], [0, 0, .5, 1, 1], atol=1e-7)
+    # z-score: mean 30, population sd sqrt(200) = 14.142; z = -1.414 .. 1.414, clipped to +-4, mapped by (z + 4) / 8
+    out = normalise_mri(v, brain)
+    np.testing.assert_allclose(out, [[.5 - .25 / 2 ** .5, .5 - .125 / 2 ** .5, .5, .5 + .125 / 2 ** .5, .5 + .25 / 2 ** .5], [0] * 5],
+                               atol=1e-7)
+    out = normalise_mri(v, brain, z_clip=1.0)                  # |z| = 1.414 clips to 1: (z + 1) / 2
+    np.testing.assert_allclose(out[0], [0, .5 - .5 / 2 ** .5, .5, .5 + .5 / 2 ** .5, 1], atol=1e-7)
     with pytest.raises(ValueError, match="empty"): normalise_mri(v, np.zeros_like(brain))
+    with pytest.raises(ValueError, match="method must be one of"): normalise_mri(v, brain, "minmax")
 
 
 def test_normalise_mri_real_brats(real_brats):
     f = real_brats / "BraTS-GLI-00001-000" / "BraTS-GLI-00001-000-t1c.nii.gz"
     vol = nib.load(f).get_fdata(dtype=np.float32)
     brain = vol != 0
-    out = normalise_mri(vol, brain)
+    out = normalise_mri(vol, brain, "percentile")
     lo, hi = np.percentile(vol[brain], [0.5, 99.5])
     np.testing.assert_allclose(out[brain], np.clip((vol[brain] - lo) / (hi - lo), 0, 1), atol=1e-5)
     assert out[~brain].max() == 0 and out.min() == 0 and out.max() == 1
     assert 0.004 < (out[brain] == 1).mean() < 0.006          # 0.5 % above the 99.5th percentile
+    z = normalise_mri(vol, brain)                             # the default: scipy's z-score, clipped and mapped
+    np.testing.assert_allclose(z[brain], (np.clip(scipy.stats.zscore(vol[brain].astype(np.float64)), -4, 4) + 4) / 8,
+                               atol=1e-5)
+    assert z[~brain].max() == 0 and 0 < z[brain].min() and z[brain].max() <= 1
 
 
 def test_resize_mask_nearest_and_linear_image():
