@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 # %% auto #0
-__all__ = ['KNOBS', 'PROFILES', 'STARTUP_NOISE', 'DatasetKnobs', 'register_knobs', 'Config', 'get_config', 'add_config_args',
-           'config_from_args', 'OutputLayout', 'temp_name', 'atomic_write', 'write_json', 'seed_everything', 'devices',
-           'versions', 'env_report', 'NativeStderrFilter', 'git_commit', 'require']
+__all__ = ['KNOBS', 'PROFILES', 'LR_SCHEDULES', 'STARTUP_NOISE', 'DatasetKnobs', 'register_knobs', 'Config', 'get_config',
+           'add_config_args', 'config_from_args', 'OutputLayout', 'temp_name', 'atomic_write', 'write_json',
+           'seed_everything', 'devices', 'versions', 'env_report', 'NativeStderrFilter', 'git_commit', 'require']
 
 # %% ../nbs/00_config.ipynb #018e4aa7
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class Config:
     patience: int = 2                # early-stopping patience in epochs on the validation loss (paper §5.2: 10)
     min_epochs: int = 2              # early stopping keeps no weights from before this epoch (never an untrained model)
     learning_rate: float = 2e-3      # Adam learning rate (paper: 0.001; teaching's 160 steps: 0.002, chapter 5c)
+    lr_schedule: str = "constant"    # the rate over the epochs: "constant", or "poly" (nnU-Net: lr (1 - epoch/max_epochs)^0.9; chapter 5c)
     steps_per_epoch: int = 32        # batches per epoch; 0: one pass over the training slices
     steps_per_execution: int = 1     # batches per call of the compiled train step (less per-step overhead)
     # --- models ---
@@ -99,6 +100,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                   learning_rate=1e-3, base_filters=32, depth=4, ablation_folds=5, steps_per_epoch=0, ablation_datasets=("lidc", "brats"),
                   bn_momentum=0.99),  # thousands of steps per fold: Keras' default momentum is fine
 }
+LR_SCHEDULES = ("constant", "poly")  # how Adam's rate changes from epoch to epoch (chapter 5c)
 
 def _coerce(name: str, value, like):
     "Turn a papermill/CLI value (often a string) into the type of the field's default `like`."
@@ -129,6 +131,7 @@ def _problems(self: Config) -> list[str]:
     if self.steps_per_execution < 1: out.append(f"steps_per_execution must be >= 1, got {self.steps_per_execution}")
     if not 0 <= self.bn_momentum < 1: out.append(f"bn_momentum must be in [0, 1), got {self.bn_momentum}")
     if not 0 < self.learning_rate < 1: out.append(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+    if self.lr_schedule not in LR_SCHEDULES: out.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
     if self.gradient_accumulation < 1 or self.batch_size % self.gradient_accumulation:
         out.append(f"gradient_accumulation must be >= 1 and divide batch_size {self.batch_size}, got {self.gradient_accumulation}")
     if self.negatives_ratio < 0: out.append(f"negatives_ratio must be >= 0, got {self.negatives_ratio}")

@@ -26,11 +26,11 @@ from .splits import assert_no_leak
 from .transfer import load_unet_encoder
 
 # %% auto #0
-__all__ = ['CUSTOM_OBJECTS', 'inner_split', 'epoch_batches', 'ResumableEarlyStopping', 'Checkpoint', 'resumable_callbacks',
-           'trim_history', 'distribution_scope', 'FoldSlices', 'fold_slices', 'fold_model', 'training_patch',
-           'network_input_shape', 'foreground_prior', 'restore_or_build', 'physical_batch', 'training_batches',
-           'fit_fold', 'fold_finished', 'predict_probabilities', 'evaluate_fold', 'example_slices', 'write_fold',
-           'fold_manifest', 'train_fold']
+__all__ = ['CUSTOM_OBJECTS', 'inner_split', 'epoch_batches', 'ResumableEarlyStopping', 'Checkpoint', 'learning_rate_at',
+           'lr_callback', 'resumable_callbacks', 'trim_history', 'distribution_scope', 'FoldSlices', 'fold_slices',
+           'fold_model', 'training_patch', 'network_input_shape', 'foreground_prior', 'restore_or_build',
+           'physical_batch', 'training_batches', 'fit_fold', 'fold_finished', 'predict_probabilities', 'evaluate_fold',
+           'example_slices', 'write_fold', 'fold_manifest', 'train_fold']
 
 # %% ../nbs/05c_train.ipynb #ec9718df
 def inner_split(train_cases: list[str],   # the fold's training patients
@@ -106,6 +106,18 @@ class Checkpoint(keras.callbacks.Callback):
         write_json(self.run_dir / "state.json", {"epochs_done": epoch + 1, "early_stopping": es_state,
                                                  "stopped": bool(self.model.stop_training)})
 
+# %% ../nbs/05c_train.ipynb #5e8706d1
+def learning_rate_at(epoch: int,  # 0-based epoch
+                     cfg: Config  # its `learning_rate`, `lr_schedule` and `max_epochs`
+                    ) -> float:
+    "Adam's rate during `epoch`: `learning_rate`, decayed by nnU-Net's poly rule when `lr_schedule` is \"poly\"."
+    if cfg.lr_schedule == "constant": return cfg.learning_rate
+    return cfg.learning_rate * max(1.0 - epoch / cfg.max_epochs, 0.0) ** 0.9
+
+def lr_callback(cfg: Config) -> keras.callbacks.Callback:
+    "Sets the rate at the start of each epoch (a cached model's next fold, or a resumed one, starts at its own epoch's rate)."
+    return keras.callbacks.LearningRateScheduler(lambda epoch, lr: learning_rate_at(epoch, cfg))
+
 # %% ../nbs/05c_train.ipynb #6444c06c
 def resumable_callbacks(run_dir: Path,        # the fold's folder
                         variant,              # the experiment's variant (`experiments.Variant`)
@@ -113,14 +125,15 @@ def resumable_callbacks(run_dir: Path,        # the fold's folder
                         state: dict | None,   # the saved state when resuming, else None
                         monitor: str = "val_loss" # what early stopping watches (mode min: a loss, paper §5.2)
                        ) -> list:
-    "EarlyStopping (when the variant uses it), the checkpoint writer and a CSVLogger that appends."
+    "The learning-rate schedule, EarlyStopping (when the variant uses it), the checkpoint writer and a CSVLogger that appends."
     es = None
     if variant.early_stopping:
         # no epoch before cfg.min_epochs can become "best": an untrained model is never restored
         es = ResumableEarlyStopping(run_dir, state, monitor=monitor, mode="min", patience=cfg.patience,
                                     restore_best_weights=True, verbose=0, start_from_epoch=cfg.min_epochs)
     # CSVLogger before the checkpoint: a kill between the two leaves one row too many, which resuming trims
-    return ([es] if es else []) + [keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True), Checkpoint(run_dir, es)]
+    return ([lr_callback(cfg)] + ([es] if es else [])
+            + [keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True), Checkpoint(run_dir, es)])
 
 def trim_history(path: Path, epochs_done: int) -> None:
     "Keep the header and the rows of the first `epochs_done` epochs of a CSVLogger file."

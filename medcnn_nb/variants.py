@@ -68,5 +68,6 @@ def pipeline(variant: Variant,  # the experiment
             ("augmentation", "rotate, scale,\nshift, flip" if variant.augment else "none"),
             ("model", f"{ARCH_NAMES.get(variant.arch, variant.arch)}\n{cfg.depth} levels, {cfg.base_filters} filters{start}"),
             ("loss", LOSS_NAMES.get(variant.loss, variant.loss)),
-            ("training", f"Adam lr {cfg.learning_rate:g}\nbatch {cfg.batch_size}\n{stop}"),
+            ("training", f"Adam lr {cfg.learning_rate:g}" + (", poly" if cfg.lr_schedule == "poly" else "")
+                         + f"\nbatch {cfg.batch_size}\n{stop}"),
             ("evaluation", f"{cfg.folds}-fold CV by patient\nall slices of held-out cases")]

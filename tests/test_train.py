@@ -130,7 +130,8 @@ def test_early_stopping_never_restores_an_untrained_epoch(tmp_path, losses, min_
     import keras
     from medcnn_nb.train import resumable_callbacks
     cfg = get_config("smoke", patience=10, min_epochs=min_epochs)
-    es = resumable_callbacks(tmp_path, SimpleNamespace(early_stopping=True), cfg, None)[0]
+    es = next(c for c in resumable_callbacks(tmp_path, SimpleNamespace(early_stopping=True), cfg, None)
+              if type(c).__name__ == "ResumableEarlyStopping")
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     es.set_model(model)
     es.on_train_begin()
