@@ -226,8 +226,8 @@ def fold_model(variant, cfg: Config, input_shape, out_channels: int,
         return model
     model.set_weights(_net(variant, cfg, input_shape, out_channels, output_bias).get_weights())
     lr = getattr(model.optimizer, "_learning_rate", None)
-    for v in model.optimizer.variables:
-        if v is not lr: v.assign(np.zeros(v.shape, v.dtype))
+    for v in model.optimizer.variables:  # moments and step count to 0, the rate back to its start (a schedule lowers it)
+        v.assign(np.full(v.shape, cfg.learning_rate if v is lr else 0, v.dtype))
     model.stop_training = False
     return model
 
