@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from .config import Config, DatasetKnobs, OutputLayout, get_config, register_knobs, write_json
+from .config import TTA_MODES, Config, DatasetKnobs, OutputLayout, get_config, register_knobs, write_json
 from .data.brats import find_brats_cases, load_brats_case, regions, scan_brats
 from .data.core import DataError, printable
 from .data.lidc import CONTOUR_POINTS, find_lidc_cases, load_lidc_case, parse_lidc_xml, scan_lidc
@@ -86,6 +86,10 @@ class DatasetSpec:
     def hard_negatives(self, cfg: Config) -> float:
         "Share of the empty slices' patches put on a bright spot (its knobs' `hard_negatives`); 0 on whole slices."
         return float(getattr(self.settings(cfg), "hard_negatives", 0)) if self.patch_size(cfg) else 0.0
+
+    def tta(self, cfg: Config) -> str:
+        "How its held-out slices are predicted (its knobs' `tta`, chapter 5c): \"flips\" or \"none\" (also without the knob)."
+        return str(getattr(self.settings(cfg), "tta", "none"))
 
     def dice_kwargs(self) -> dict:
         "The Dice losses' arguments for this dataset's `dice_reduction`."
@@ -159,6 +163,7 @@ class LidcKnobs(DatasetKnobs):
     patch_size: int = 64                 # train on patches of this side around the nodules, predict whole slices; 0: whole
     hard_negatives: float = 0.5          # share of the empty slices' patches centred on a bright spot (a vessel's cut)
     context_slices: int = 0              # 2.5-D: neighbouring slices on each side as extra input channels (chapter 2f)
+    tta: str = "none"                    # evaluation: "flips" averages 4 mirror images of each slice (chapter 5c: 3x the time, no gain here)
 
     def problems(self) -> list[str]:
         out = [f"{k} must be >= 1, got {getattr(self, k)}" for k in ("patients", "size", "slices") if getattr(self, k) < 1]
@@ -175,6 +180,7 @@ class LidcKnobs(DatasetKnobs):
             out.append(f"patch_size {self.patch_size} exceeds image_size {self.image_size}")
         if not 0 <= self.hard_negatives <= 1: out.append(f"hard_negatives must be in [0, 1], got {self.hard_negatives}")
         if self.context_slices < 0: out.append(f"context_slices must be >= 0, got {self.context_slices}")
+        if self.tta not in TTA_MODES: out.append(f"tta must be one of {TTA_MODES}, got {self.tta!r}")
         return out
 
 # %% ../nbs/05b_datasets.ipynb #542c1dff
@@ -276,10 +282,11 @@ LIDC = register(DatasetSpec(
 
 # %% ../nbs/05b_datasets.ipynb #82a973a1
 def _mri_problems(knobs) -> list[str]:
-    "What is wrong with the knobs every MRI dataset has (phantom sizes, normalisation)."
+    "What is wrong with the knobs every MRI dataset has (phantom sizes, normalisation, test-time mirroring)."
     out = [f"{k} must be >= 1, got {getattr(knobs, k)}" for k in ("patients", "size", "slices") if getattr(knobs, k) < 1]
     if knobs.normalisation not in MRI_NORMALISATIONS:
         out.append(f"normalisation must be one of {MRI_NORMALISATIONS}, got {knobs.normalisation!r}")
+    if knobs.tta not in TTA_MODES: out.append(f"tta must be one of {TTA_MODES}, got {knobs.tta!r}")
     return out
 
 @dataclass(frozen=True)
@@ -291,6 +298,7 @@ class BratsKnobs(DatasetKnobs):
     year: int = 2021    # naming and labels of the phantoms: 2020, 2021 or 2023
     labels: str = ""    # label convention of the seg files read: "2015", "2017", "2023"; "": the one of the naming
     normalisation: str = "zscore" # intensities to [0, 1]: "zscore" or "percentile" (chapter 2f: the latter depends on the tumour)
+    tta: str = "flips"  # evaluation: the mean over 4 mirror images of each slice (nnU-Net's inference; chapter 5c), or "none"
 
     def problems(self) -> list[str]:
         out = _mri_problems(self)
@@ -382,6 +390,7 @@ class MsdKnobs(DatasetKnobs):
     size: int = 96      # phantom MRI in-plane size (real: 240)
     slices: int = 48    # phantom MRI slices (real: 155)
     normalisation: str = "zscore" # intensities to [0, 1]: "zscore" or "percentile" (chapter 2f)
+    tta: str = "flips"  # evaluation: the mean over 4 mirror images of each slice (as BraTS), or "none"
 
     def problems(self) -> list[str]: return _mri_problems(self)
 

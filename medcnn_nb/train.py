@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from .augment import foreground_patches
-from .config import Config, atomic_write, env_report, git_commit, seed_everything, versions, write_json
+from .config import TTA_MODES, Config, atomic_write, env_report, git_commit, seed_everything, versions, write_json
 from .datasets import get_dataset
 from .loader import KeepHeapMemory, SliceLoader
 from .losses import DiceBCELoss, DiceFocalLoss, DiceLoss, DiceMetric, FocalLoss, get_loss
@@ -26,9 +26,9 @@ from .splits import assert_no_leak
 from .transfer import load_unet_encoder
 
 # %% auto #0
-__all__ = ['CUSTOM_OBJECTS', 'inner_split', 'epoch_batches', 'ResumableEarlyStopping', 'Checkpoint', 'learning_rate_at',
-           'lr_callback', 'resumable_callbacks', 'trim_history', 'distribution_scope', 'FoldSlices', 'fold_slices',
-           'fold_model', 'training_patch', 'network_input_shape', 'foreground_prior', 'restore_or_build',
+__all__ = ['CUSTOM_OBJECTS', 'MIRRORS', 'inner_split', 'epoch_batches', 'ResumableEarlyStopping', 'Checkpoint',
+           'learning_rate_at', 'lr_callback', 'resumable_callbacks', 'trim_history', 'distribution_scope', 'FoldSlices',
+           'fold_slices', 'fold_model', 'training_patch', 'network_input_shape', 'foreground_prior', 'restore_or_build',
            'physical_batch', 'training_batches', 'fit_fold', 'fold_finished', 'predict_probabilities', 'evaluate_fold',
            'example_slices', 'write_fold', 'fold_manifest', 'train_fold']
 
@@ -334,10 +334,24 @@ def _predict_batch(cfg: Config) -> int:
     "Images per prediction batch: 32 or more, but no more than a training batch holds at once when memory is short."
     return physical_batch(cfg) if cfg.gradient_accumulation > 1 else max(cfg.batch_size, 32)
 
-def predict_probabilities(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    "Predicted probabilities (N, H, W, K) for `images` (N, H, W, C), in batches."
+MIRRORS = ((), (1,), (2,), (1, 2))  # axes of (N, H, W, C) flipped: none, up-down, left-right, both (each its own inverse)
+
+def predict_probabilities(model, images: np.ndarray, batch_size: int = 32,
+                          tta: str = "none", # "flips": the mean over each slice's 4 mirror images (a dataset's `tta`)
+                          chunk: int = 256   # slices read (and mirrored) at once: memory holds 4 x chunk with "flips"
+                         ) -> np.ndarray:
+    "Predicted probabilities (N, H, W, K) for `images` (N, H, W, C), in batches, averaged over mirror images if asked."
+    if tta not in TTA_MODES: raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
     if len(images) == 0: return np.zeros(images.shape[:3] + (model.output_shape[-1],), np.float32)
-    return np.asarray(model.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0), np.float32)
+    mirrors = MIRRORS if tta == "flips" else ((),)
+    chunk = -(-max(chunk, 1) // batch_size) * batch_size  # whole batches: the plain batches stay as they always were
+    out = []
+    for start in range(0, len(images), chunk):
+        x = np.asarray(images[start:start + chunk], np.float32)
+        views = np.concatenate([np.flip(x, axes) for axes in mirrors])  # one predict call: its overhead paid once
+        p = np.asarray(model.predict(views, batch_size=batch_size, verbose=0), np.float32).reshape(len(mirrors), *x.shape[:3], -1)
+        out.append(np.mean([np.flip(q, axes) for q, axes in zip(p, mirrors)], axis=0, dtype=np.float32))
+    return np.concatenate(out)
 
 def evaluate_fold(dataset: str, prob: np.ndarray, sliceset: SliceSet, idx: np.ndarray) -> dict:
     "The fold's metrics on the slices `idx`, as the dataset's definition computes them (threshold 0.5)."
@@ -407,7 +421,7 @@ def train_fold(sliceset: SliceSet,        # the dataset's slices (all of them)
     if (state or {}).get("stopped") and variant.early_stopping and (run_dir / "best.weights.h5").exists():
         model.load_weights(run_dir / "best.weights.h5")  # killed after stopping, before evaluating
     t_eval = time.perf_counter()
-    prob = predict_probabilities(model, sliceset.images[slices.val], batch_size=_predict_batch(cfg))
+    prob = predict_probabilities(model, sliceset.images[slices.val], batch_size=_predict_batch(cfg), tta=spec.tta(cfg))
     metrics = evaluate_fold(spec.name, prob, sliceset, slices.val)
     eval_s = time.perf_counter() - t_eval
     history = (run_dir / "history.csv").read_text().strip().splitlines()
