@@ -191,6 +191,9 @@ def test_every_table_and_figure_exists_and_parses(smoke_run):
             assert len(csv) == len(get_dataset(name.split("_")[-1]).rows)
             assert "definition" in md.lower() or "Definitions" in md
         assert str(Path(files[0]).parent) in stdout   # the command printed where it is
+    # the caption says how held-out slices were predicted when it is not once each (BraTS's tta knob, chapter 5c)
+    assert "mean of its 4 mirror images" in (root / "tables" / "table2_brats.md").read_text()
+    assert "mirror" not in (root / "tables" / "table1_lidc.md").read_text()
     for name, files in products["figures"].items():
         for f in files:
             data = Path(f).read_bytes()
