@@ -21,7 +21,7 @@ from .config import (Config, NativeStderrFilter, OutputLayout, add_config_args, 
                               git_commit, versions, write_json)
 from .data.core import DataError, data_fingerprint
 from .datasets import DATASETS, ensure_phantoms, get_dataset, validate_dataset, validation_summary
-from .variants import ABLATION, TABLE_VARIANTS
+from .variants import ABLATION, TABLE_VARIANTS, VARIANTS
 from .report import NO_BROWSER, chrome_path, render_pngs
 
 # %% auto #0
@@ -102,9 +102,13 @@ def plan(cfg: Config,             # the run's configuration
     # datasets alternate, so that parallel jobs (--jobs 2) build the slice caches at the same time
     for variant in TABLE_VARIANTS:
         for dataset in data_dirs: job(dataset, variant, list(range(cfg.folds)))
-    for dataset in [d for d in cfg.ablation_datasets if d in data_dirs]:
-        for variant in ABLATION:
-            if variant not in TABLE_VARIANTS: job(dataset, variant, list(range(min(cfg.ablation_folds, cfg.folds))))
+    # the costliest one-change jobs first, datasets alternating, so that two workers end together (measured in a
+    # teaching make paper: a dense U-Net fold 73-77 s, a pretrained one 57-62 s, the others 39-45 s)
+    costly_first = sorted((v for v in ABLATION if v not in TABLE_VARIANTS),
+                          key=lambda v: (VARIANTS[v].arch != "denseunet", not VARIANTS[v].pretrained))
+    for variant in costly_first:
+        for dataset in [d for d in cfg.ablation_datasets if d in data_dirs]:
+            job(dataset, variant, list(range(min(cfg.ablation_folds, cfg.folds))))
     jobs.append(dict(name="paper", executed=layout.notebooks / "paper.ipynb", folds=[], dataset=None, variant=None,
                      parameters=dict(config=cfg.to_dict(), out_dir=out, data={d: str(p) for d, p in data_dirs.items()})))
     return jobs
