@@ -102,8 +102,8 @@ def plan(cfg: Config,             # the run's configuration
     # datasets alternate, so that parallel jobs (--jobs 2) build the slice caches at the same time
     for variant in TABLE_VARIANTS:
         for dataset in data_dirs: job(dataset, variant, list(range(cfg.folds)))
-    # the costliest one-change jobs first, datasets alternating, so that two workers end together (measured in a
-    # teaching make paper: a dense U-Net fold 73-77 s, a pretrained one 57-62 s, the others 39-45 s)
+    # the costliest one-change jobs first, datasets alternating, so that two workers end together (one-fold
+    # notebooks of a teaching make paper: dense U-Net 73-77 s, pretrained encoder 57-62 s, the others 39-45 s)
     costly_first = sorted((v for v in ABLATION if v not in TABLE_VARIANTS),
                           key=lambda v: (VARIANTS[v].arch != "denseunet", not VARIANTS[v].pretrained))
     for variant in costly_first:
