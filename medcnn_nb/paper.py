@@ -106,9 +106,10 @@ def plan(cfg: Config,             # the run's configuration
     # notebooks of a teaching make paper: dense U-Net 73-77 s, pretrained encoder 57-62 s, the others 39-45 s)
     costly_first = sorted((v for v in ABLATION if v not in TABLE_VARIANTS),
                           key=lambda v: (VARIANTS[v].arch != "denseunet", not VARIANTS[v].pretrained))
+    ablated = [d for d in cfg.ablation_datasets if d in data_dirs]
+    ablation_folds = list(range(min(cfg.ablation_folds, cfg.folds)))
     for variant in costly_first:
-        for dataset in [d for d in cfg.ablation_datasets if d in data_dirs]:
-            job(dataset, variant, list(range(min(cfg.ablation_folds, cfg.folds))))
+        for dataset in ablated: job(dataset, variant, ablation_folds)
     jobs.append(dict(name="paper", executed=layout.notebooks / "paper.ipynb", folds=[], dataset=None, variant=None,
                      parameters=dict(config=cfg.to_dict(), out_dir=out, data={d: str(p) for d, p in data_dirs.items()})))
     return jobs
