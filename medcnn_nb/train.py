@@ -418,8 +418,10 @@ def train_fold(sliceset: SliceSet,        # the dataset's slices (all of them)
     fit_s, per_epoch = fit_fold(model, sliceset, slices, variant, cfg, run_dir, state, resumed, first, seed,
                                 verbose, stop_after_epochs)
     if not fold_finished(run_dir, cfg): return {}  # only with stop_after_epochs: left as a kill would leave it
-    if (state or {}).get("stopped") and variant.early_stopping and (run_dir / "best.weights.h5").exists():
-        model.load_weights(run_dir / "best.weights.h5")  # killed after stopping, before evaluating
+    if variant.early_stopping and (run_dir / "best.weights.h5").exists():
+        # the weights early stopping kept: `fit` restores them at its end (Keras does, stopped or not), but a fold
+        # killed after its last epoch and before evaluating comes back with the last epoch's in `last.keras`
+        model.load_weights(run_dir / "best.weights.h5")
     t_eval = time.perf_counter()
     prob = predict_probabilities(model, sliceset.images[slices.val], batch_size=_predict_batch(cfg), tta=spec.tta(cfg))
     metrics = evaluate_fold(spec.name, prob, sliceset, slices.val)
