@@ -31,7 +31,7 @@ def wheel(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def bare_python(tmp_path_factory, wheel) -> Path:
     """An empty venv with only the wheel; runtime requirements are borrowed from the project's environment
-    through a .pth file, and the dev-only packages are made unimportable by sitecustomize."""
+    through a .pth file, and the dev-only packages are made unimportable by a finder that a .pth file installs."""
     env = tmp_path_factory.mktemp("bare")
     venv.create(env, with_pip=False)
     py = env / "bin" / "python"
@@ -42,7 +42,9 @@ def bare_python(tmp_path_factory, wheel) -> Path:
     deps_site = Path(subprocess.run([sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                     check=True, capture_output=True, text=True).stdout.strip())
     (site / "zz_runtime_deps.pth").write_text(str(deps_site) + "\n")
-    (site / "sitecustomize.py").write_text(textwrap.dedent(f"""
+    # the blocker is imported by a .pth line, not by sitecustomize.py: Debian's and Ubuntu's system Python ship
+    # /usr/lib/python3.X/sitecustomize.py, which comes first on sys.path and would hide ours
+    (site / "_block_dev_only.py").write_text(textwrap.dedent(f"""
         import sys
         BLOCKED = set({DEV_ONLY!r})
         class _Block:
@@ -51,6 +53,7 @@ def bare_python(tmp_path_factory, wheel) -> Path:
                     raise ModuleNotFoundError(f"No module named {{name!r}} (blocked: not a runtime requirement)", name=name)
         sys.meta_path.insert(0, _Block())
     """))
+    (site / "00_block_dev_only.pth").write_text("import _block_dev_only\n")  # .pth files run in name order
     return py
 
 
