@@ -418,20 +418,19 @@ def train_fold(sliceset: SliceSet,        # the dataset's slices (all of them)
     fit_s, per_epoch = fit_fold(model, sliceset, slices, variant, cfg, run_dir, state, resumed, first, seed,
                                 verbose, stop_after_epochs)
     if not fold_finished(run_dir, cfg): return {}  # only with stop_after_epochs: left as a kill would leave it
-    kept_best = bool(variant.early_stopping and (run_dir / "best.weights.h5").exists())
-    if kept_best:
+    epoch_kept = None  # 1-based, as the learning curves count: the epoch whose weights are evaluated
+    if variant.early_stopping and (run_dir / "best.weights.h5").exists():
         # the weights early stopping kept: `fit` restores them at its end (Keras does, stopped or not), but a fold
         # killed after its last epoch and before evaluating comes back with the last epoch's in `last.keras`
         model.load_weights(run_dir / "best.weights.h5")
+        epoch_kept = json.loads((run_dir / "state.json").read_text())["early_stopping"]["best_epoch"] + 1
     t_eval = time.perf_counter()
     prob = predict_probabilities(model, sliceset.images[slices.val], batch_size=_predict_batch(cfg), tta=spec.tta(cfg))
     metrics = evaluate_fold(spec.name, prob, sliceset, slices.val)
     eval_s = time.perf_counter() - t_eval
     history = (run_dir / "history.csv").read_text().strip().splitlines()
     epochs_run = len(history) - 1 if history else 0
-    # 1-based, as the learning curves count: the epoch whose weights were evaluated
-    epoch_kept = json.loads((run_dir / "state.json").read_text())["early_stopping"]["best_epoch"] + 1 if kept_best else epochs_run
-    metrics.update(dataset=spec.name, variant=variant.name, fold=fold, epochs_run=epochs_run, epoch_kept=epoch_kept,
+    metrics.update(dataset=spec.name, variant=variant.name, fold=fold, epochs_run=epochs_run, epoch_kept=epoch_kept or epochs_run,
                    val_cases=len(split["val"]), val_slices=int(len(slices.val)))
     timings = dict(fit=round(fit_s, 2), evaluate=round(eval_s, 2), total=round(time.perf_counter() - t0, 2))
     manifest = fold_manifest(sliceset, split, variant, cfg, slices, seed, data_fingerprint, first if resumed else None,
