@@ -267,6 +267,11 @@ def foreground_prior(sliceset: SliceSet,       # the dataset's slices
         fg += m.sum(axis=(0, 1, 2), dtype=np.float64); n += m[..., 0].size
     return np.clip(fg / max(n, 1), 1e-4, 0.5)
 
+def _read_state(run_dir: Path) -> dict:
+    "The fold's `state.json` (what `Checkpoint` wrote after its last epoch); {} before the first epoch."
+    path = run_dir / "state.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
 def restore_or_build(run_dir: Path,   # the fold's folder
                      variant,         # the experiment's variant
                      cfg: Config,     # the run's configuration
@@ -275,7 +280,7 @@ def restore_or_build(run_dir: Path,   # the fold's folder
                      init_encoder: str | Path | None = None # a fresh model's encoder starts from this file (transfer)
                     ) -> tuple:
     "(model, saved state or None, resumed, first epoch): the checkpoint when there is one, else a fresh model."
-    state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").exists() else None
+    state = _read_state(run_dir) or None
     resumed = bool(state and (run_dir / "last.keras").exists())
     if resumed:
         with distribution_scope(cfg): model = keras.saving.load_model(run_dir / "last.keras", custom_objects=CUSTOM_OBJECTS)
@@ -326,7 +331,7 @@ def fit_fold(model, sliceset: SliceSet, slices: FoldSlices, variant, cfg: Config
 
 def fold_finished(run_dir: Path, cfg: Config) -> bool:
     "Whether training ended: stopped early, or all `max_epochs` done."
-    done = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").exists() else {}
+    done = _read_state(run_dir)
     return bool(done.get("stopped") or done.get("epochs_done", 0) >= cfg.max_epochs)
 
 # %% ../nbs/05c_train.ipynb #5191929d
@@ -423,7 +428,7 @@ def train_fold(sliceset: SliceSet,        # the dataset's slices (all of them)
         # the weights early stopping kept: `fit` restores them at its end (Keras does, stopped or not), but a fold
         # killed after its last epoch and before evaluating comes back with the last epoch's in `last.keras`
         model.load_weights(run_dir / "best.weights.h5")
-        epoch_kept = json.loads((run_dir / "state.json").read_text())["early_stopping"]["best_epoch"] + 1
+        epoch_kept = _read_state(run_dir)["early_stopping"]["best_epoch"] + 1
     t_eval = time.perf_counter()
     prob = predict_probabilities(model, sliceset.images[slices.val], batch_size=_predict_batch(cfg), tta=spec.tta(cfg))
     metrics = evaluate_fold(spec.name, prob, sliceset, slices.val)
