@@ -231,3 +231,23 @@ def test_pages_load_in_headless_chromium(built, tmp_path, capsys):
                        f"--screenshot={target}", "--hide-scrollbars")
         assert run.returncode == 0 and target.exists(), run.stderr[-2000:]
         assert png_size(target) == (1280, 1400)
+
+
+def test_console_drops_kernel_start_up_lines(tmp_path):
+    """`make book`'s console is as quiet as `medcnn-paper`'s: a kernel's start-up lines on its native stderr are
+    dropped, its other lines kept; with `--verbose` the start-up lines come through."""
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    noise = "I0000 00:00:1795719311.369015   18693 port.cc:153] oneDNN custom operations are on."
+    cells = [new_markdown_cell("# Quiet\n\n> A chapter writing to file descriptor 2."),
+             new_code_cell(f"import os\nos.write(2, b'{noise}\\n')\nos.write(2, b'a real native warning\\n')")]
+    nbformat.write(new_notebook(cells=cells), nbs / "01_quiet.ipynb")
+    def build(*extra):
+        run = subprocess.run([sys.executable, str(ROOT / "tools" / "build_book.py"), "--nbs", str(nbs), "--out",
+                              str(tmp_path / f"book{len(extra)}"), "--outputs", str(tmp_path / "none"), *extra],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        return run.stderr
+    quiet, verbose = build(), build("--verbose")
+    assert "a real native warning" in quiet and noise not in quiet and "without encryption" not in quiet
+    assert "a real native warning" in verbose and noise in verbose

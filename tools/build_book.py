@@ -10,7 +10,9 @@ so a new notebook joins the book, in name order, without any change here. `nbs/e
 papermill notebooks, not chapters, and `index.ipynb` is the README.
 
 Each notebook runs in the project's kernel with `nbs/` as working directory and a time budget per
-chapter (`--timeout`). `#| eval: false` cells are skipped, as `nbdev_test` skips them; `#| hide` cells
+chapter (`--timeout`); TensorFlow's and the kernels' start-up lines (`STARTUP_NOISE`, chapter 0) are kept
+off the console, as `medcnn-paper` keeps them (`--verbose` shows them), and out of the pages.
+`#| eval: false` cells are skipped, as `nbdev_test` skips them; `#| hide` cells
 and the `#|` directive lines are left out of the pages. Plotly figures are executed with the
 `plotly_mimetype` renderer, so the outputs carry the figure as JSON, and drawn on the page by the
 plotly.js that ships inside the installed `plotly` package, copied once to `book/assets/`: the figures
@@ -44,6 +46,7 @@ import jinja2
 import nbformat
 from nbconvert import HTMLExporter
 from nbconvert.filters import markdown2html_mistune
+from medcnn_nb.config import STARTUP_NOISE, NativeStderrFilter  # the start-up lines `medcnn-paper` drops (chapter 0)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,10 +66,6 @@ PLOTLY_MIME = "application/vnd.plotly.v1+json"
 LOCAL_MATHJAX = Path("/usr/share/javascript/mathjax")  # Debian package libjs-mathjax
 MATHJAX_QUERY = "?config=TeX-AMS_CHTML-full,Safe"     # nbconvert's own choice
 SOLUTION_RE = re.compile(r"<details>\s*<summary>\s*Solution.*?</details>", re.S | re.I)
-# TensorFlow's C++ start-up lines (absl logging before InitializeLog ignores TF_CPP_MIN_LOG_LEVEL):
-# kept out of the pages, since every chapter that imports Keras would otherwise open with them.
-BACKEND_NOISE_RE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\).*"
-                              r"|[IWE]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w.]+:\d+\] .*)$")
 DIRECTIVE_RE = re.compile(r"^\s*#\|\s*([\w-]+)\s*:?\s*(.*)$")
 
 
@@ -210,13 +209,14 @@ def execute(page: Page, nb, cwd: Path, timeout: float, kernel: str):
 
 # ---------------------------------------------------------------------------------------------- rendering
 def drop_backend_noise(nb):
-    "Remove TensorFlow's C++ start-up log lines from stderr outputs (in place)."
+    "Remove TensorFlow's C++ start-up lines (`STARTUP_NOISE`) from stderr outputs (in place)."
+    # every chapter that imports Keras would otherwise open with them
     for cell in nb.cells:
         if cell.cell_type != "code": continue
         kept = []
         for out in cell.get("outputs", []):
             if out.get("output_type") == "stream" and out.get("name") == "stderr":
-                text = "".join(l for l in out.text.splitlines(keepends=True) if not BACKEND_NOISE_RE.match(l.rstrip("\n")))
+                text = "".join(l for l in out.text.splitlines(keepends=True) if not STARTUP_NOISE.match(l.rstrip("\n")))
                 if not text.strip(): continue
                 out.text = text
             kept.append(out)
@@ -545,6 +545,10 @@ def main(argv=None) -> int:
     ap.add_argument("--screenshots", action="store_true",
                     help="also save PNGs of the index and of the first page with a plotly figure to OUT/screenshots "
                          "(needs /usr/bin/chromium)")
+    ap.add_argument("--verbose", action="store_true",
+                    help="let the kernels' start-up lines through (TensorFlow's C++ logging, CUDA probing on a CPU "
+                         "machine, ipykernel's TCP notice); by default they are dropped from the console, as "
+                         "`medcnn-paper` drops them")
     ap.add_argument("--student-copy", type=Path, metavar="DIR",
                     help="only write the chapters, outputs cleared and solutions withheld, to DIR (no book)")
     args = ap.parse_args(argv)
@@ -554,8 +558,9 @@ def main(argv=None) -> int:
         print(f"student copy: {len(pages)} notebooks in {args.student_copy}, {n} solutions withheld")
         return 0
     start = time.monotonic()
-    pages = build(args.nbs, args.out, args.only, not args.no_execute, args.timeout, args.profile, args.outputs,
-                  args.kernel)
+    with NativeStderrFilter(enabled=not args.verbose):  # the kernels inherit the filtered stderr
+        pages = build(args.nbs, args.out, args.only, not args.no_execute, args.timeout, args.profile, args.outputs,
+                      args.kernel)
     if args.screenshots:
         for shot in screenshots(args.out.resolve()): print(f"screenshot: {shot}")
     failed = [p for p in pages if p.status == "failed"]
