@@ -91,7 +91,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     cfg = config_from_args(args)
     print(env_report())
-    print(f"profile {cfg.profile}: image_size {cfg.image_size}, batch {cfg.batch_size}, U-Net base {cfg.base_filters} depth {cfg.depth}")
+    # each dataset's slices come at its own size (its knobs may override cfg.image_size): the table says which
+    print(f"profile {cfg.profile}: batch {cfg.batch_size}, U-Net base {cfg.base_filters} depth {cfg.depth}, whole slices")
     work = Path(tempfile.mkdtemp(prefix="bench_loader_"))
     rows = []
     try:
@@ -110,15 +111,16 @@ def main(argv=None):
             one = loader_rate(sl, idx, cfg.batch_size, args.batches, 1, cfg.seed)
             par = loader_rate(sl, idx, cfg.batch_size, args.batches, args.workers, cfg.seed) if args.workers > 1 else float("nan")
             train, source, params = train_rate(sl, idx, cfg.batch_size, cfg, args.steps)
-            rows.append(dict(dataset=ds, cases=len(sl.cases), slices=len(sl), train_slices=len(idx), gen_s=t_gen, build_s=t_build,
+            rows.append(dict(dataset=ds, size="x".join(map(str, sl.images.shape[1:3])), cases=len(sl.cases), slices=len(sl),
+                             train_slices=len(idx), gen_s=t_gen, build_s=t_build,
                              reuse_s=t_reuse, loader_1=one, loader_w=par, train=train, ratio=one / train, source=source, params=params))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n| dataset | cases | slices | phantoms s | (a) cache build s | reuse s | (b) loader slices/s, 1 thread | "
+    print(f"\n| dataset | slice px | cases | slices | phantoms s | (a) cache build s | reuse s | (b) loader slices/s, 1 thread | "
           f"(b) {args.workers} threads | (c) training slices/s | (b)/(c) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['dataset']} | {r['cases']} | {r['slices']} | {r['gen_s']:.1f} | {r['build_s']:.2f} | {r['reuse_s']:.3f} | "
+        print(f"| {r['dataset']} | {r['size']} | {r['cases']} | {r['slices']} | {r['gen_s']:.1f} | {r['build_s']:.2f} | {r['reuse_s']:.3f} | "
               f"{r['loader_1']:.0f} | {r['loader_w']:.0f} | {r['train']:.1f} | {r['ratio']:.1f}x |")
     for r in rows:
         print(f"{r['dataset']}: U-Net from {r['source']}, {r['params']:,} parameters; loader/training = {r['ratio']:.1f}x "
