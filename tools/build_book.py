@@ -46,6 +46,7 @@ import jinja2
 import nbformat
 from nbconvert import HTMLExporter
 from nbconvert.filters import markdown2html_mistune
+
 from medcnn_nb.config import STARTUP_NOISE, NativeStderrFilter  # the start-up lines `medcnn-paper` drops (chapter 0)
 
 ROOT = Path(__file__).resolve().parents[1]
