@@ -25,8 +25,8 @@ import numpy as np
 # %% auto #0
 __all__ = ['KNOBS', 'PROFILES', 'LR_SCHEDULES', 'TTA_MODES', 'STARTUP_NOISE', 'DatasetKnobs', 'register_knobs', 'Config',
            'get_config', 'add_config_args', 'config_from_args', 'OutputLayout', 'temp_name', 'atomic_write',
-           'write_json', 'seed_everything', 'devices', 'versions', 'env_report', 'NativeStderrFilter', 'git_commit',
-           'require']
+           'write_json', 'seed_everything', 'devices', 'versions', 'cpu_model', 'env_report', 'NativeStderrFilter',
+           'git_commit', 'require']
 
 # %% ../nbs/00_config.ipynb #018e4aa7
 @dataclass(frozen=True)
@@ -321,13 +321,29 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError: pass
     return out
 
+def cpu_model(cpuinfo: str | None = None # the text of /proc/cpuinfo; None: read it (Linux), else platform's name
+             ) -> str:
+    "The CPU's name and its widest vector extension, e.g. 'AMD EPYC (AVX-512)': it decides the float arithmetic."
+    if cpuinfo is None:
+        try: cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError: return platform.processor() or "unknown CPU"
+    field = lambda key: next((l.split(":", 1)[1].strip() for l in cpuinfo.splitlines()
+                              if l.split(":")[0].strip() == key), "")
+    flags = set(field("flags").split())
+    # oneDNN (TensorFlow's CPU kernels) picks its code path by these: the same seed sums in another order
+    # on an AVX2-only CPU than on an AVX-512 one, so the trained models and the tables differ (README).
+    simd = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("asimd", "NEON"))
+                 if flag in flags), None)
+    name = field("model name") or platform.processor() or "unknown CPU"
+    return f"{name} ({simd})" if simd else name
+
 def env_report() -> str:
-    "One line: Keras backend, devices and versions."
+    "One line: Keras backend, devices, versions and the CPU."
     import keras
     v = versions()
     pkgs = " ".join(f"{k} {v[k]}" for k in ("tensorflow", "jax", "torch", "numpy") if k in v)
     return (f"Keras {v.get('keras', '?')} on {keras.backend.backend()} | devices: {', '.join(devices())} | "
-            f"{pkgs} | python {v['python']} | {platform.machine()}, {os.cpu_count()} CPU cores")
+            f"{pkgs} | python {v['python']} | {platform.machine()}, {cpu_model()}, {os.cpu_count()} CPU cores")
 
 # %% ../nbs/00_config.ipynb #e471481a
 # absl's pre-init warning, glog-style INFO/WARNING lines ("I0000 00:00:17.. 123 file.cc:31] ..."), the
