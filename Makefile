@@ -10,6 +10,8 @@ export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 PROFILE ?= teaching
 PAPER_ARGS ?=
+# Runs a command with TensorFlow's start-up lines kept off the console (tools/quiet.py); `QUIET=` shows them.
+QUIET ?= $(PY) tools/quiet.py
 
 .PHONY: paper test sync book bench lab install
 
@@ -37,8 +39,8 @@ sync: $(STAMP)
 test: $(STAMP)
 	@start=$$(date +%s); \
 	 $(PY) tools/nbsync.py --check && \
-	 $(VENV)/bin/nbdev_test --n_workers 2 --timing && \
-	 $(PY) -m pytest && \
+	 $(QUIET) $(VENV)/bin/nbdev_test --n_workers 2 --timing && \
+	 $(QUIET) $(PY) -m pytest && \
 	 echo "make test took $$(( $$(date +%s) - start )) s"
 
 # Execute the chapters on the phantoms and render the static HTML book into book/.
@@ -47,11 +49,11 @@ book: $(STAMP)
 
 # Speed measurements (numbers for the issues and the README); none of them is a test.
 bench: $(STAMP)
-	$(PY) bench/bench_lidc_load.py
-	$(PY) bench/bench_brats.py
-	$(PY) bench/bench_loader.py --profile teaching
-	$(PY) bench/bench_models.py --sizes 64,512 --batch 16,2 --base-filters 8 --depth 3
-	$(PY) bench/bench_metrics.py
+	$(QUIET) $(PY) bench/bench_lidc_load.py
+	$(QUIET) $(PY) bench/bench_brats.py
+	$(QUIET) $(PY) bench/bench_loader.py --profile teaching
+	$(QUIET) $(PY) bench/bench_models.py --sizes 64,512 --batch 16,2 --base-filters 8 --depth 3
+	$(QUIET) $(PY) bench/bench_metrics.py
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=nbs $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
