@@ -11,10 +11,8 @@ inside the `NativeStderrFilter` that `medcnn-paper` and `make book` use, so exac
 The exit status is the command's."""
 import subprocess
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from medcnn_nb.config import NativeStderrFilter  # noqa: E402
+from medcnn_nb.config import NativeStderrFilter
 
 
 def main(argv: list[str] | None = None) -> int:
