@@ -460,8 +460,8 @@ def overlay_figure(images: np.ndarray, # (n, H, W) slices in [0, 1]
                    truth: np.ndarray,  # (n, H, W) bool ground-truth masks
                    pred: np.ndarray,   # (n, H, W) bool predicted masks
                    titles=None,        # one title per slice
-                   title: str = "validation slices: green = ground truth, red = prediction"):
-    "Images side by side with the truth (green) and prediction (red) blended in."
+                   title: str = "validation slices: green = ground truth, red = prediction, orange = both"):
+    "Images side by side with the truth (green) and prediction (red) blended in; where they overlap, orange."
     n = len(images)
     fig = make_subplots(rows=1, cols=max(n, 1), subplot_titles=list(titles) if titles is not None else None,
                         horizontal_spacing=0.01)
