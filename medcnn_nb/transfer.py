@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import keras
@@ -90,7 +91,14 @@ def build_encoder(backbone: str,             # one of `BACKBONES`
         base = getattr(keras.applications, spec["app"])(include_top=False, weights=app_weights, input_shape=(h, w, 3))
         encoder = keras.Model(base.inputs, _skip_tensors(base, spec) + [base.get_layer(spec["bottleneck"]).output],
                               name="encoder")
-        if own_file is not None: encoder.load_weights(own_file)
+        if own_file is not None:
+            # a file of another encoder makes Keras warn once per nested container (13 for VGG16) that those layers
+            # "will retain their freshly-initialized weights" before it raises; the DataError below says it once, so the
+            # warnings are passed on only when the load succeeds
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                encoder.load_weights(own_file)
+            for w in caught: warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     except (ValueError, KeyError, OSError) as e:
         if app_weights is None and own_file is None: raise
         raise DataError(app_weights or own_file, f"cannot load these weights into the {backbone} encoder: {e}") from e
