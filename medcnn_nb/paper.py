@@ -51,10 +51,11 @@ def run_notebook(name: str,            # "experiment" or "paper"
     executed = Path(executed); executed.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     # capture_fd_output off: what C++ code writes to the kernel's file descriptor 2 (TensorFlow's start-up lines)
-    # goes to our stderr, through the commands' filter, instead of into the executed notebook as cell output
+    # goes to our stderr, through the commands' filter, instead of into the executed notebook as cell output;
+    # shutdown_kernel "immediate": a finished kernel is killed, not asked to shut down (a race in ipykernel's teardown)
     pm.execute_notebook(str(src), str(executed), parameters=parameters, kernel_name="python3", language="python",
                         cwd=str(src.parent), progress_bar=False, log_output=log_output,
-                        extra_arguments=["--IPKernelApp.capture_fd_output=False"])
+                        extra_arguments=["--IPKernelApp.capture_fd_output=False"], shutdown_kernel="immediate")
     return time.perf_counter() - t0
 
 # %% ../nbs/06b_paper.ipynb #a7c1e0d2

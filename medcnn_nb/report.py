@@ -24,8 +24,8 @@ from .datasets import Row, get_dataset
 
 # %% auto #0
 __all__ = ['N_RESAMPLES', 'WIDE', 'VARIANT_COLUMNS', 'STATS_CAPTION', 'NO_BROWSER', 'PLOTLY_JS', 'PENDING_PNG', 'CHAR_PX',
-           'patient_parts', 'ratio', 'bootstrap_ratio', 'paired_bootstrap', 'wilcoxon_signed_rank', 'verdict',
-           'load_fold_metrics', 'compare', 'results_table', 'display_table', 'write_table', 'ablation_table',
+           'OVERLAY_LEGEND', 'patient_parts', 'ratio', 'bootstrap_ratio', 'paired_bootstrap', 'wilcoxon_signed_rank',
+           'verdict', 'load_fold_metrics', 'compare', 'results_table', 'display_table', 'write_table', 'ablation_table',
            'display_ablation', 'chrome_path', 'write_plotly_js', 'figure_html', 'save_figure', 'render_pngs', 'figure3',
            'pipeline_figure', 'overlay_figure', 'read_histories', 'learning_curves']
 
@@ -456,11 +456,13 @@ def pipeline_figure(steps: list[tuple[str, str]], # (stage, description) in orde
     return fig
 
 # %% ../nbs/06a_report.ipynb #f0baa48b
+OVERLAY_LEGEND = "green = ground truth, red = prediction, orange = both"  # what the colours of `overlay_figure` mean
+
 def overlay_figure(images: np.ndarray, # (n, H, W) slices in [0, 1]
                    truth: np.ndarray,  # (n, H, W) bool ground-truth masks
                    pred: np.ndarray,   # (n, H, W) bool predicted masks
                    titles=None,        # one title per slice
-                   title: str = "validation slices: green = ground truth, red = prediction, orange = both"):
+                   title: str = f"validation slices: {OVERLAY_LEGEND}"): # the title over the slices
     "Images side by side with the truth (green) and prediction (red) blended in; where they overlap, orange."
     n = len(images)
     fig = make_subplots(rows=1, cols=max(n, 1), subplot_titles=list(titles) if titles is not None else None,

@@ -378,6 +378,27 @@ def test_console_is_quiet(smoke_run):
     assert stderr.strip() == "", stderr[-2000:]  # --quiet: no progress bar; and nothing else either
 
 
+def test_a_finished_kernel_is_killed_not_asked_to_shut_down(tmp_path, monkeypatch):
+    """`run_notebook` stops a kernel whose cells have all run by killing it: asking it to shut down races
+    ipykernel's teardown, which once printed a ZMQError traceback on CI's console. The executed copy is complete."""
+    import nbformat
+    from jupyter_client.manager import AsyncKernelManager
+    from medcnn_nb.paper import run_notebook
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell("n = 2", metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell("print(n * 21)")]
+    for name in ("experiment", "paper"): nbformat.write(nb, tmp_path / f"{name}.ipynb")
+    monkeypatch.setenv("MEDCNN_EXPERIMENTS", str(tmp_path))
+    calls, shutdown = [], AsyncKernelManager.shutdown_kernel
+    async def spy(self, now=False, restart=False):
+        calls.append(now)
+        return await shutdown(self, now=now, restart=restart)
+    monkeypatch.setattr(AsyncKernelManager, "shutdown_kernel", spy)
+    run_notebook("experiment", tmp_path / "out" / "e.ipynb", {"n": 3})
+    assert calls == [True]
+    executed = nbformat.read(tmp_path / "out" / "e.ipynb", as_version=4)
+    assert [o["text"] for o in executed.cells[-1].outputs] == ["63\n"]  # the injected n = 3, run to the end
+
+
 def test_executed_notebooks_hold_no_startup_noise(smoke_run):
     """The executed notebooks a reader opens hold what the cells print, not TensorFlow's C++ start-up lines (the
     kernels run with capture_fd_output off, so those go through the command's filter) nor tqdm's ipywidgets warning."""
