@@ -187,6 +187,9 @@ def execute(page: Page, nb, cwd: Path, timeout: float, kernel: str):
     client = BookClient(nb, kernel_name=kernel, resources={"metadata": {"path": str(cwd)}},
                         timeout_func=lambda cell: max(1, int(deadline - time.monotonic())),
                         startup_timeout=120, allow_errors=False,
+                        # a finished kernel is killed, not asked to shut down: that request races ipykernel's
+                        # teardown and can print a ZMQError traceback (chapter 06b, `run_notebook`)
+                        shutdown_kernel="immediate",
                         on_cell_start=lambda cell, cell_index: current.update(index=cell_index))
     try:
         client.execute()
