@@ -10,9 +10,13 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from .data.core import ordered_map, worker_count
+
+PARALLEL_WARP = 1 << 16  # values per slice from which `warp_batch` uses threads (measured below)
+
 # %% auto #0
-__all__ = ['affine_matrix', 'apply_affine', 'warp_batch', 'random_matrix', 'random_affine', 'random_affine_batch', 'bright_spots',
-           'foreground_patches']
+__all__ = ['PARALLEL_WARP', 'affine_matrix', 'apply_affine', 'warp_batch', 'random_matrix', 'random_affine',
+           'random_affine_batch', 'bright_spots', 'foreground_patches']
 
 # %% ../nbs/02h_augment.ipynb #342f3705
 def affine_matrix(shape: Sequence[int],        # (H, W) of the slice
@@ -44,13 +48,16 @@ def apply_affine(array: np.ndarray,   # (H, W) or (H, W, C)
 # %% ../nbs/02h_augment.ipynb #7c92609d
 def warp_batch(images: np.ndarray,    # (B, H, W, C) float
                masks: np.ndarray,     # (B, H, W, K) labels
-               matrices: np.ndarray   # (B, 3, 3) forward matrices, one per slice
+               matrices: np.ndarray,  # (B, 3, 3) forward matrices, one per slice
+               jobs: int | None = None # threads; None: one below PARALLEL_WARP values per slice, else `worker_count()`
               ) -> tuple[np.ndarray, np.ndarray]:
     "Apply one affine per slice: images bilinear, masks nearest neighbour, zeros from outside."
     if not len(images) == len(masks) == len(matrices):
         raise ValueError(f"{len(images)} images, {len(masks)} masks and {len(matrices)} matrices: one each per slice")
-    warped = [apply_affine(i, m, order=1) for i, m in zip(images, matrices)]
-    labels = [apply_affine(k, m, order=0) for k, m in zip(masks, matrices)]
+    if jobs is None: jobs = 1 if images[0].size < PARALLEL_WARP else worker_count()
+    def warp(i: int):
+        return apply_affine(images[i], matrices[i], order=1), apply_affine(masks[i], matrices[i], order=0)
+    warped, labels = zip(*ordered_map(warp, range(len(images)), jobs)) if len(images) else ((), ())
     return np.stack(warped).astype(images.dtype, copy=False), np.stack(labels).astype(masks.dtype, copy=False)
 
 # %% ../nbs/02h_augment.ipynb #c6140595

@@ -18,7 +18,7 @@ import numpy as np
 
 from .config import TTA_MODES, Config, DatasetKnobs, OutputLayout, get_config, register_knobs, write_json
 from .data.brats import find_brats_cases, load_brats_case, regions, scan_brats
-from .data.core import DataError, printable
+from .data.core import DataError, ordered_map, printable
 from .data.lidc import CONTOUR_POINTS, find_lidc_cases, load_lidc_case, parse_lidc_xml, scan_lidc
 from .data.msd import find_msd_cases, load_msd_case, scan_msd, write_msd_phantoms
 from .data.phantom_brats import write_brats_phantoms
@@ -193,16 +193,18 @@ def lidc_params(cfg: Config) -> dict:
                 **({"context": k.context_slices} if k.context_slices else {}))  # absent at 0: older caches stay valid
 
 def lidc_cases(data_dir: Path, params: dict, problems: list):
-    "Each CT series, read and preprocessed; a patient's second series gets `#2`."
+    "Each CT series, read and preprocessed (several at once, `data.core.ordered_map`); a patient's second series gets `#2`."
+    def one(series_dir: Path):  # in a worker thread: a DataError comes back as the case's problem
+        try: case = load_lidc_case(series_dir, consensus=params["consensus"], contour_points=params["contour_points"])
+        except DataError as e: return None, str(e)
+        return case.case_id, preprocess_ct(case.hu, case.spacing, case.consensus_mask, params["image_size"], params["hu_window"],
+                                           params["target_spacing"], params["body_threshold"], params["crop"],
+                                           context=params.get("context", 0))
     seen: dict[str, int] = {}
-    for series_dir in find_lidc_cases(data_dir):
-        try: case = load_lidc_case(series_dir, consensus=params["consensus"],
-                                     contour_points=params["contour_points"])
-        except DataError as e: problems.append(str(e)); continue
-        seen[case.case_id] = seen.get(case.case_id, 0) + 1
-        cid = case.case_id if seen[case.case_id] == 1 else f"{case.case_id}#{seen[case.case_id]}"
-        yield cid, preprocess_ct(case.hu, case.spacing, case.consensus_mask, params["image_size"], params["hu_window"],
-                                 params["target_spacing"], params["body_threshold"], params["crop"], context=params.get("context", 0))
+    for case_id, arrays in ordered_map(one, find_lidc_cases(data_dir)):  # in the folders' order: numbering, problems
+        if case_id is None: problems.append(arrays); continue
+        seen[case_id] = seen.get(case_id, 0) + 1
+        yield (case_id if seen[case_id] == 1 else f"{case_id}#{seen[case_id]}"), arrays
 
 def lidc_patient(case_id: str) -> str:
     "`LIDC-IDRI-0001#2` (a second series) belongs to patient `LIDC-IDRI-0001`."
@@ -315,15 +317,18 @@ def mri_params(cfg: Config, knobs) -> dict:
 
 def mri_cases(find: Callable, load: Callable) -> Callable:
     "A case generator for an MRI layout: `find(data_dir)` lists case paths, `load(path)` returns a `BratsCase`."
+    def one(path: Path, params: dict):  # in a worker thread: a problem comes back as the case's message
+        try: case = load(path)
+        except DataError as e: return None, str(e)
+        if case.seg is None: return None, f"{path}: no segmentation, cannot be used for training"
+        zooms = np.sqrt((np.asarray(case.affine)[:3, :3] ** 2).sum(axis=0))
+        return case.case_id, preprocess_mri(case.image, case.brain_mask, regions(case.seg), zooms,
+                                            params["image_size"], params["normalisation"],
+                                            params.get("percentiles", MRI_PERCENTILES), params.get("z_clip", MRI_Z_CLIP))
     def cases(data_dir: Path, params: dict, problems: list):
-        for path in find(data_dir):
-            try: case = load(path)
-            except DataError as e: problems.append(str(e)); continue
-            if case.seg is None: problems.append(f"{path}: no segmentation, cannot be used for training"); continue
-            zooms = np.sqrt((np.asarray(case.affine)[:3, :3] ** 2).sum(axis=0))
-            yield case.case_id, preprocess_mri(case.image, case.brain_mask, regions(case.seg), zooms,
-                                               params["image_size"], params["normalisation"],
-                                               params.get("percentiles", MRI_PERCENTILES), params.get("z_clip", MRI_Z_CLIP))
+        for case_id, arrays in ordered_map(lambda path: one(path, params), find(data_dir)):  # several at once, in order
+            if case_id is None: problems.append(arrays); continue
+            yield case_id, arrays
     return cases
 
 def brats_patient(case_id: str) -> str:

@@ -6,13 +6,16 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 # %% auto #0
-__all__ = ['DataError', 'case_problems', 'printable', 'walk_files', 'data_fingerprint']
+__all__ = ['MAX_JOBS', 'DataError', 'case_problems', 'worker_count', 'ordered_map', 'printable', 'walk_files', 'data_fingerprint']
 
 # %% ../../nbs/02_data_core.ipynb #5b3231bf
 class DataError(ValueError):
@@ -33,6 +36,38 @@ def case_problems(path,          # the case being read, named in the message of 
     except Exception as e:  # a reader bug must not hide the other cases; say so in words
         problems.append(f"{path}: this case could not be read ({e or type(e).__name__}); the reader did not "
                         "expect it, which is a bug in medcnn_nb: please report it")
+
+# %% ../../nbs/02_data_core.ipynb #acd7d89b
+MAX_JOBS = 8  # cases in flight by default: each holds a whole volume in memory
+
+def worker_count(jobs: int | None = None # threads wanted; None: $MEDCNN_JOBS, else the usable CPUs (at most MAX_JOBS)
+                ) -> int:
+    "How many cases to read at once."
+    if jobs is None:
+        env = os.environ.get("MEDCNN_JOBS", "").strip()
+        if not env: return max(1, min(MAX_JOBS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+        try: jobs = int(env)
+        except ValueError: raise ValueError(f"MEDCNN_JOBS must be a whole number of threads, got {env!r}") from None
+    if int(jobs) < 1: raise ValueError(f"jobs must be >= 1, got {jobs}")
+    return int(jobs)
+
+def ordered_map(fn: Callable,          # called once per item, in a worker thread
+                items: Iterable,       # e.g. case folders; read lazily, at most `jobs` ahead
+                jobs: int | None = None # threads (see `worker_count`)
+               ) -> Iterable:
+    "`fn(item)` for each item, computed `jobs` at a time in threads, yielded in the order of `items`."
+    jobs, items = worker_count(jobs), iter(items)
+    if jobs == 1: yield from map(fn, items); return
+    pool = ThreadPoolExecutor(jobs, thread_name_prefix="medcnn-case")
+    try:
+        pending = deque(pool.submit(fn, x) for x in itertools.islice(items, jobs))
+        while pending:
+            done = pending.popleft().result()  # an exception of `fn` surfaces here, in order
+            pending.extend(pool.submit(fn, x) for x in itertools.islice(items, 1))
+            yield done
+    finally:  # the consumer stopped or `fn` raised: start nothing new, wait for the running ones
+        pool.shutdown(wait=True, cancel_futures=True)
+
 
 # %% ../../nbs/02_data_core.ipynb #5b25f449
 def printable(text # anything; its str() is escaped

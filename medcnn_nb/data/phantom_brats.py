@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from ..config import atomic_write
 from .brats import MODALITIES, SEPARATOR, SUFFIXES, YEARS
+from .core import ordered_map
 
 # %% auto #0
 __all__ = ['PHI_STRINGS', 'FOV_MM', 'BG', 'CSF', 'GM', 'WM', 'NCR', 'ED', 'ET', 'LESION', 'VESSEL', 'TISSUE_LABEL', 'CONTRAST',
@@ -191,13 +192,14 @@ def write_brats_phantoms(out: str | Path,  # dataset folder; case folders are cr
                          seed: int,        # same seed -> byte-identical files
                          year: int = 2021, # naming and labels: 2020, 2021 or 2023
                          size: int = 96,   # in-plane voxels (real BraTS: 240)
-                         slices: int = 48  # axial slices (real BraTS: 155)
+                         slices: int = 48, # axial slices (real BraTS: 155)
+                         jobs: int | None = None # cases written at once (`data.core.worker_count`); the files do not depend on it
                         ) -> list[Path]:
     "Write `patients` BraTS-format cases under `out`; returns the case folders."
     if year not in YEARS: raise ValueError(f"year must be one of {YEARS}, got {year!r}")
     if patients < 1: raise ValueError(f"patients must be >= 1, got {patients}")
-    out, folders = Path(out), []
-    for i in range(patients):
+    out = Path(out)
+    def write_case(i: int) -> Path:  # case i depends on (seed, i) alone, so the cases can be written in any order
         case = phantom_case_id(year, i)
         ph = brats_phantom(seed, i, size, slices)
         folder = out / case
@@ -205,5 +207,5 @@ def write_brats_phantoms(out: str | Path,  # dataset folder; case folders are cr
             atomic_write(folder / f"{case}{SEPARATOR[year]}{SUFFIXES[year][m]}.nii.gz", _nifti_gz(ph.image[..., c], ph.affine))
         seg = ph.seg if year == 2023 else np.where(ph.seg == 3, 4, ph.seg).astype(np.uint8)  # ET is 4 before 2023
         atomic_write(folder / f"{case}{SEPARATOR[year]}seg.nii.gz", _nifti_gz(seg, ph.affine))
-        folders.append(folder)
-    return folders
+        return folder
+    return list(ordered_map(write_case, range(patients), jobs))

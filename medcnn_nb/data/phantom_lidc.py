@@ -14,6 +14,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 from scipy import ndimage
 
+from .core import ordered_map
 from .lidc import BoxMask, contour_mask
 
 # %% auto #0
@@ -364,19 +365,19 @@ def write_lidc_phantoms(out: str | Path,        # dataset folder (created)
                         patients: int,          # number of patients
                         seed: int,              # same seed, byte-identical files
                         size: int = 512,        # in-plane matrix
-                        slices: int | None = None  # slices per series (default `default_slices(size)`)
+                        slices: int | None = None, # slices per series (default `default_slices(size)`)
+                        jobs: int | None = None    # patients written at once (`data.core.worker_count`); the files do not depend on it
                        ) -> list[Path]:
     "Write LIDC-IDRI-style phantom patients; returns the patient folders."
     if patients < 1: raise ValueError(f"patients must be >= 1, got {patients}")
     if size < 32: raise ValueError(f"size must be >= 32 pixels, got {size}")
     out = Path(out)
-    folders = []
-    for i in range(patients):
+    def write_patient(i: int) -> Path:  # patient i depends on (seed, i) alone, so they can be written in any order
         ph = make_lidc_phantom(seed, i, size, slices)
         study, series = _uid(seed, i, "study"), _uid(seed, i, "series")
         folder = out / ph.patient_id / study / series
         folder.mkdir(parents=True, exist_ok=True)
         sops = _write_series(ph, folder, study, series, seed, i)
         (folder / f"{i + 1:03d}.xml").write_text(lidc_xml(ph, series, study, sops), encoding="utf-8")
-        folders.append(out / ph.patient_id)
-    return folders
+        return out / ph.patient_id
+    return list(ordered_map(write_patient, range(patients), jobs))
