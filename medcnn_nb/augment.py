@@ -54,10 +54,11 @@ def warp_batch(images: np.ndarray,    # (B, H, W, C) float
     "Apply one affine per slice: images bilinear, masks nearest neighbour, zeros from outside."
     if not len(images) == len(masks) == len(matrices):
         raise ValueError(f"{len(images)} images, {len(masks)} masks and {len(matrices)} matrices: one each per slice")
+    if not len(images): raise ValueError("no slices to warp: the batch is empty")
     if jobs is None: jobs = 1 if images[0].size < PARALLEL_WARP else worker_count()
     def warp(i: int):
         return apply_affine(images[i], matrices[i], order=1), apply_affine(masks[i], matrices[i], order=0)
-    warped, labels = zip(*ordered_map(warp, range(len(images)), jobs)) if len(images) else ((), ())
+    warped, labels = zip(*ordered_map(warp, range(len(images)), jobs))
     return np.stack(warped).astype(images.dtype, copy=False), np.stack(labels).astype(masks.dtype, copy=False)
 
 # %% ../nbs/02h_augment.ipynb #c6140595
