@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+# at the top, not inside the rasteriser: cases are read in worker threads, and two threads importing
+# matplotlib for the first time at once can get it half-initialised ("no attribute 'rcParams'")
+from matplotlib.path import Path as PolyPath
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from scipy import ndimage
@@ -471,7 +474,6 @@ def _inside(rc: np.ndarray,  # (n, 2) polygon vertices as (row, col)
             shape: tuple     # (rows, cols) of the frame
            ) -> np.ndarray:
     "Frame pixels whose centres matplotlib's point-in-polygon test puts inside the closed polygon `rc`."
-    from matplotlib.path import Path as PolyPath  # here, not at the top: only rasterising needs matplotlib
     if (rc[0] != rc[-1]).any(): rc = np.vstack([rc, rc[:1]])
     ii, jj = np.indices(shape)
     # rows first for vertices and test points alike, as pylidc does: a pixel centre that lies exactly on an
