@@ -194,15 +194,14 @@ def lidc_params(cfg: Config) -> dict:
 
 def lidc_cases(data_dir: Path, params: dict, problems: list):
     "Each CT series, read and preprocessed (several at once, `data.core.ordered_map`); a patient's second series gets `#2`."
-    def one(series_dir: Path):  # in a worker thread: a DataError comes back as the case's problem
-        try: case = load_lidc_case(series_dir, consensus=params["consensus"], contour_points=params["contour_points"])
-        except DataError as e: return None, str(e)
+    def one(series_dir: Path):  # in a worker thread
+        case = load_lidc_case(series_dir, consensus=params["consensus"], contour_points=params["contour_points"])
         return case.case_id, preprocess_ct(case.hu, case.spacing, case.consensus_mask, params["image_size"], params["hu_window"],
                                            params["target_spacing"], params["body_threshold"], params["crop"],
                                            context=params.get("context", 0))
     seen: dict[str, int] = {}
-    for case_id, arrays in ordered_map(one, find_lidc_cases(data_dir)):  # in the folders' order: numbering, problems
-        if case_id is None: problems.append(arrays); continue
+    # in the folders' order (the numbering, the problems); a series that fails to read is a problem, not the end
+    for case_id, arrays in ordered_map(one, find_lidc_cases(data_dir), problems=problems):
         seen[case_id] = seen.get(case_id, 0) + 1
         yield (case_id if seen[case_id] == 1 else f"{case_id}#{seen[case_id]}"), arrays
 
@@ -317,18 +316,16 @@ def mri_params(cfg: Config, knobs) -> dict:
 
 def mri_cases(find: Callable, load: Callable) -> Callable:
     "A case generator for an MRI layout: `find(data_dir)` lists case paths, `load(path)` returns a `BratsCase`."
-    def one(path: Path, params: dict):  # in a worker thread: a problem comes back as the case's message
-        try: case = load(path)
-        except DataError as e: return None, str(e)
-        if case.seg is None: return None, f"{path}: no segmentation, cannot be used for training"
+    def one(path: Path, params: dict):  # in a worker thread
+        case = load(path)
+        if case.seg is None: raise DataError(path, "no segmentation, cannot be used for training")
         zooms = np.sqrt((np.asarray(case.affine)[:3, :3] ** 2).sum(axis=0))
         return case.case_id, preprocess_mri(case.image, case.brain_mask, regions(case.seg), zooms,
                                             params["image_size"], params["normalisation"],
                                             params.get("percentiles", MRI_PERCENTILES), params.get("z_clip", MRI_Z_CLIP))
     def cases(data_dir: Path, params: dict, problems: list):
-        for case_id, arrays in ordered_map(lambda path: one(path, params), find(data_dir)):  # several at once, in order
-            if case_id is None: problems.append(arrays); continue
-            yield case_id, arrays
+        # several at once, in order; a case that fails to read (or has no labels) is a problem, not the end
+        yield from ordered_map(lambda path: one(path, params), find(data_dir), problems=problems)
     return cases
 
 def brats_patient(case_id: str) -> str:

@@ -53,9 +53,11 @@ def worker_count(jobs: int | None = None # threads wanted; None: $MEDCNN_JOBS, e
 
 def ordered_map(fn: Callable,          # called once per item, in a worker thread
                 items: Iterable,       # e.g. case folders; read lazily, at most `jobs` ahead
-                jobs: int | None = None # threads (see `worker_count`)
+                jobs: int | None = None, # threads (see `worker_count`)
+                problems: list | None = None # given: an item whose `fn` raises a DataError is left out, its message appended here
                ) -> Iterable:
     "`fn(item)` for each item, computed `jobs` at a time in threads, yielded in the order of `items`."
+    if problems is not None: yield from _without_bad_items(fn, items, jobs, problems); return
     jobs, items = worker_count(jobs), iter(items)
     if jobs == 1: yield from map(fn, items); return
     pool = ThreadPoolExecutor(jobs, thread_name_prefix="medcnn-case")
@@ -67,6 +69,14 @@ def ordered_map(fn: Callable,          # called once per item, in a worker threa
             yield done
     finally:  # the consumer stopped or `fn` raised: start nothing new, wait for the running ones
         pool.shutdown(wait=True, cancel_futures=True)
+
+def _without_bad_items(fn, items, jobs, problems):
+    def attempt(item):  # in the worker: the DataError travels back as a message, so the other cases go on
+        try: return fn(item), None
+        except DataError as e: return None, str(e)
+    for out, problem in ordered_map(attempt, items, jobs):
+        if problem is None: yield out
+        else: problems.append(problem)  # in the order of the items, like the results
 
 
 # %% ../../nbs/02_data_core.ipynb #5b25f449
