@@ -54,24 +54,31 @@ class SliceLoader(keras.utils.PyDataset):
         self.hard_negatives = float(hard_negatives)
         self.set_epoch(0)
 
+    def order_of(self, epoch: int) -> np.ndarray:
+        "The slices of `epoch` in the order its batches take them."
+        return np.random.default_rng([self.seed, int(epoch)]).permutation(self.indices) if self.shuffle else self.indices
+
     def set_epoch(self, epoch: int):
         "Jump to `epoch`'s order (used when a run resumes)."
         self.epoch = int(epoch)
-        self.order = np.random.default_rng([self.seed, self.epoch]).permutation(self.indices) if self.shuffle else self.indices
+        self.order = self.order_of(self.epoch)
 
     def __len__(self): return math.ceil(len(self.indices) / self.batch_size)
 
-    def __getitem__(self, i: int):
+    def batch(self, epoch: int, i: int) -> tuple:
+        "Batch `i` of `epoch`, a function of (seed, epoch, i) alone: any thread may build any batch, in any order."
         if not 0 <= i < len(self): raise IndexError(f"batch {i} of {len(self)}")
-        idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
-        images, masks = _read_rows(self.sliceset, idx)
+        order = self.order_of(epoch)  # drawn again (tens of microseconds), not read from `self.order` that `set_epoch` changes
+        images, masks = _read_rows(self.sliceset, order[i * self.batch_size:(i + 1) * self.batch_size])
         if self.augment:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
+            rng = np.random.default_rng([self.seed, epoch, i])
             images, masks = random_affine_batch(images, masks, rng, **self.augment_kwargs)
         if self.patch_size:  # after the warp, so no patch shows its empty border; a stream of its own
-            images, masks = foreground_patches(images, masks, self.patch_size, np.random.default_rng([self.seed, self.epoch, i, 1]),
+            images, masks = foreground_patches(images, masks, self.patch_size, np.random.default_rng([self.seed, epoch, i, 1]),
                                                hard_negatives=self.hard_negatives)
         return images, masks.astype(np.float32)
+
+    def __getitem__(self, i: int): return self.batch(self.epoch, i)
 
     def on_epoch_end(self): self.set_epoch(self.epoch + 1)
 

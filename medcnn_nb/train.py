@@ -9,6 +9,8 @@ import contextlib
 import json
 import resource
 import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +28,11 @@ from .splits import assert_no_leak
 from .transfer import load_unet_encoder
 
 # %% auto #0
-__all__ = ['CUSTOM_OBJECTS', 'MIRRORS', 'inner_split', 'epoch_batches', 'ResumableEarlyStopping', 'Checkpoint',
+__all__ = ['CUSTOM_OBJECTS', 'MIRRORS', 'inner_split', 'epoch_batches', 'prefetch_depth', 'ResumableEarlyStopping', 'Checkpoint',
            'learning_rate_at', 'lr_callback', 'resumable_callbacks', 'trim_history', 'distribution_scope', 'FoldSlices',
            'fold_slices', 'fold_model', 'training_patch', 'network_input_shape', 'foreground_prior', 'restore_or_build',
-           'physical_batch', 'training_batches', 'fit_fold', 'fold_finished', 'predict_probabilities', 'evaluate_fold',
-           'example_slices', 'write_fold', 'fold_manifest', 'train_fold']
+           'physical_batch', 'training_batches', 'build_loss_and_metrics', 'fit_fold', 'fold_finished',
+           'predict_probabilities', 'evaluate_fold', 'example_slices', 'write_fold', 'fold_manifest', 'train_fold']
 
 # %% ../nbs/05c_train.ipynb #ec9718df
 def inner_split(train_cases: list[str],   # the fold's training patients
@@ -53,25 +55,46 @@ def inner_split(train_cases: list[str],   # the fold's training patients
     return [c for c in cases if c not in monitor], monitor
 
 # %% ../nbs/05c_train.ipynb #a8d9ce15
-def epoch_batches(loader,            # a `loader.SliceLoader` (its order depends on (seed, epoch))
+def epoch_batches(loader,            # a `loader.SliceLoader`: `batch(epoch, j)` depends on (seed, epoch, j) alone
                   steps: int = 0,    # batches per epoch (0: all)
-                  start_epoch: int = 0 # the first epoch to serve (a resumed fold's `initial_epoch`)
+                  start_epoch: int = 0, # the first epoch to serve (a resumed fold's `initial_epoch`)
+                  prefetch: int = 0  # batches built ahead in a background thread while the network trains (0: none)
                  ):
     "A PyDataset serving epoch after epoch of `loader`, the k-th call being batch k mod n of epoch k div n."
     n = min(steps, len(loader)) if steps else len(loader)
+    if prefetch < 0: raise ValueError(f"prefetch must be >= 0, got {prefetch}")
 
     class EpochBatches(keras.utils.PyDataset):
         def __init__(self):
             super().__init__(workers=1, use_multiprocessing=False)
-            self.calls = start_epoch * n
+            self.calls, self.ahead = start_epoch * n, {}  # ahead: call number -> the Future of its batch
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if prefetch else None
+            # the thread ends with this object (a fold's batches), not with the process
+            if self.pool: weakref.finalize(self, self.pool.shutdown, wait=False, cancel_futures=True)
         def __len__(self): return n
+        def build(self, k): return loader.batch(*divmod(k, n))
         def __getitem__(self, i):
-            epoch, j = divmod(self.calls, n)
-            self.calls += 1
-            if loader.epoch != epoch: loader.set_epoch(epoch)
-            return loader[j]
+            k = self.calls; self.calls += 1
+            if self.pool is None: return self.build(k)
+            for later in range(k + 1, k + 1 + prefetch):  # keep `prefetch` batches in the making
+                if later not in self.ahead: self.ahead[later] = self.pool.submit(self.build, later)
+            made = self.ahead.pop(k, None)
+            return made.result() if made else self.build(k)  # a batch that failed raises here, at its own call
 
     return EpochBatches()
+
+def prefetch_depth() -> int:
+    "Batches `training_batches` builds ahead: 2 when PyTorch or JAX train on a GPU, else 0."
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+        accelerated = torch.cuda.is_available() or torch.backends.mps.is_available()
+    elif backend == "jax":
+        import jax
+        accelerated = jax.default_backend() != "cpu"
+    else: accelerated = False  # TensorFlow's tf.data pipeline prefetches already
+    # on a CPU the thread would take cores from the step itself (measured in the text above)
+    return 2 if accelerated else 0
 
 # %% ../nbs/05c_train.ipynb #cd783e42
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -306,8 +329,17 @@ def training_batches(sliceset: SliceSet, idx: np.ndarray, cfg: Config,
                     ):
     "Epoch after epoch of shuffled physical batches of the slices `idx` (or of patches): `steps_per_epoch` Adam steps each."
     loader = SliceLoader(sliceset, idx, physical_batch(cfg), augment=augment, seed=seed, **_patch_sampling(sliceset, cfg))
-    return epoch_batches(loader,
-                         cfg.steps_per_epoch * cfg.gradient_accumulation, start_epoch=start_epoch)
+    return epoch_batches(loader, cfg.steps_per_epoch * cfg.gradient_accumulation, start_epoch=start_epoch,
+                         prefetch=prefetch_depth())
+
+def build_loss_and_metrics(model, cfg: Config) -> None:
+    "Build a compiled model's loss and metrics on one zero batch, so that `fit` under PyTorch or JAX takes no training batch for it."
+    if keras.backend.backend() == "tensorflow": return  # TensorFlow builds them while tracing the step, from no batch
+    # PyTorch and JAX build them in `fit` from the first batch of the training data when they are not built yet: for a
+    # fresh or a loaded model, not for a model reused from the previous fold, so that batch was served to one and not to
+    # the other, and the k-th training batch of the same fold differed between the two (the k-th call of `epoch_batches`)
+    shape = [s or 2**cfg.depth for s in model.input_shape[1:]]  # a model built for any size: the smallest it takes
+    model.evaluate(np.zeros([1, *shape], np.float32), np.zeros([1, *shape[:-1], model.output_shape[-1]], np.float32), verbose=0)
 
 def fit_fold(model, sliceset: SliceSet, slices: FoldSlices, variant, cfg: Config,
              run_dir: Path,             # the fold's folder (checkpoints, history)
@@ -324,6 +356,7 @@ def fit_fold(model, sliceset: SliceSet, slices: FoldSlices, variant, cfg: Config
     epochs = cfg.max_epochs if stop_after_epochs is None else min(cfg.max_epochs, first_epoch + stop_after_epochs)
     t0 = time.perf_counter()
     if first_epoch < epochs and not (state or {}).get("stopped"):
+        build_loss_and_metrics(model, cfg)
         model.fit(train, validation_data=monitor, epochs=epochs, initial_epoch=first_epoch,
                   callbacks=[*resumable_callbacks(run_dir, variant, cfg, state if resumed else None), KeepHeapMemory()],
                   verbose=verbose)  # KeepHeapMemory: chapter 2i (a LIDC fold's fit 53 -> 31 s under TensorFlow)
