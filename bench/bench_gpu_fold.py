@@ -15,6 +15,8 @@ Stages and what is timed:
 - the fold: wall time of each epoch (training + validation on the monitored patients), the fold's training
   images/s from its manifest, evaluation time (4 mirror images per slice), and its metrics (Dice per region).
 Partial results are printed as each stage ends, so a run stopped early still says how far it got.
+`--prefetch 0` and `--prefetch 2` (different `--out` folders, or the same one after deleting its `outputs/`)
+compare the fold's training images/s without and with the next batches built while the network trains.
 """
 import argparse
 import json
@@ -40,6 +42,8 @@ def main():
     ap.add_argument("--min-epochs", type=int, default=None, help="default: half of --max-epochs")
     ap.add_argument("--gradient-accumulation", type=int, default=1)
     ap.add_argument("--model-steps", type=int, default=20, help="timed steps of the network alone (0: skip)")
+    ap.add_argument("--prefetch", type=int, default=None,
+                    help="training batches built ahead in a thread (default: train.prefetch_depth(), 2 on a GPU under PyTorch or JAX)")
     ap.add_argument("--out", default="gpu_run", help="work folder (phantoms, cache, the fold's run folder)")
     ap.add_argument("--summary", default=None, help="write the measurements to this JSON file too")
     a = ap.parse_args()
@@ -53,15 +57,17 @@ def main():
     from medcnn_nb.experiments import prepare, run_folds
     from medcnn_nb.train import fold_model, network_input_shape, physical_batch
     from medcnn_nb.variants import VARIANTS
+    import medcnn_nb.train as train
+    if a.prefetch is not None: train.prefetch_depth = lambda: a.prefetch  # what `training_batches` asks for
 
     out = Path(a.out).resolve()
-    summary = dict(environment=env_report(), data_threads=worker_count(), args=vars(a))
+    summary = dict(environment=env_report(), data_threads=worker_count(), prefetch=train.prefetch_depth(), args=vars(a))
     def record(**kw):
         summary.update(kw)
         if a.summary:
             Path(a.summary).parent.mkdir(parents=True, exist_ok=True)
             Path(a.summary).write_text(json.dumps(summary, indent=1, default=str))
-    say(summary["environment"]); say(f"data threads: {summary['data_threads']}")
+    say(summary["environment"]); say(f"data threads: {summary['data_threads']}; training batches built ahead: {summary['prefetch']}")
 
     min_epochs = a.min_epochs if a.min_epochs is not None else max(1, a.max_epochs // 2)
     cfg = get_config("paper", image_size=a.size, gradient_accumulation=a.gradient_accumulation,
