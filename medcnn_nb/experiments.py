@@ -13,7 +13,7 @@ from .datasets import DatasetSpec, ensure_phantoms, get_dataset, load_slices
 from .loader import KeepHeapMemory
 from .preprocess import SliceSet, training_indices
 from .splits import load_or_make_folds
-from .train import fold_model, lr_callback, network_input_shape, train_fold, training_batches
+from .train import build_loss_and_metrics, fold_model, lr_callback, network_input_shape, train_fold, training_batches
 from .transfer import save_unet_encoder
 from .variants import VARIANTS, Variant
 
@@ -89,6 +89,7 @@ def pretrained_encoder(dataset: str,         # the target dataset (its definitio
     seed_everything(cfg.seed, cfg.deterministic)
     idx = training_indices(s, sorted(set(map(str, s.case_ids))), cfg.negatives_ratio, cfg.seed)
     model = fold_model(VARIANTS["unoptimised"], cfg, network_input_shape(s, cfg), s.masks.shape[-1], src.spec.dice_kwargs())
+    build_loss_and_metrics(model, cfg)  # as `fit_fold`: the same batches for a fresh and a reused model (PyTorch, JAX)
     model.fit(training_batches(s, idx, cfg, seed=cfg.seed), epochs=cfg.max_epochs, verbose=verbose,  # as a fold fits
               callbacks=[lr_callback(cfg), KeepHeapMemory()])
     return save_unet_encoder(model, path)
