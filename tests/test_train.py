@@ -195,6 +195,8 @@ def test_tiny_model_learns_planted_disks(tmp_path, variant="unoptimised"):
     assert m["dice_case"] > 0.5, (m["dice_case"], h.to_dict("list"))
 
 
+@pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
+                    reason="a tf.distribute strategy: TensorFlow backend only (the script runs under KERAS_BACKEND)")
 def test_mirrored_strategy_on_two_logical_cpus(tiny_lidc):
     "distribute='mirrored' builds the model in a MirroredStrategy over 2 logical CPUs and trains a fold."
     work, *_ = tiny_lidc
