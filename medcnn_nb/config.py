@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 # %% auto #0
-__all__ = ['KNOBS', 'PROFILES', 'LR_SCHEDULES', 'TTA_MODES', 'STARTUP_NOISE', 'DatasetKnobs', 'register_knobs', 'Config',
-           'get_config', 'add_config_args', 'config_from_args', 'OutputLayout', 'temp_name', 'atomic_write',
-           'write_json', 'seed_everything', 'devices', 'versions', 'cpu_model', 'env_report', 'NativeStderrFilter',
-           'git_commit', 'require']
+__all__ = ['KNOBS', 'PROFILES', 'LR_SCHEDULES', 'TTA_MODES', 'POSTPROCESS_MODES', 'STARTUP_NOISE', 'DatasetKnobs',
+           'register_knobs', 'Config', 'get_config', 'add_config_args', 'config_from_args', 'OutputLayout', 'temp_name',
+           'atomic_write', 'write_json', 'seed_everything', 'devices', 'versions', 'cpu_model', 'env_report',
+           'NativeStderrFilter', 'git_commit', 'require']
 
 # %% ../nbs/00_config.ipynb #018e4aa7
 @dataclass(frozen=True)
@@ -103,6 +103,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 LR_SCHEDULES = ("constant", "poly")  # how Adam's rate changes from epoch to epoch (chapter 5c)
 TTA_MODES = ("none", "flips")  # test-time augmentation of the held-out slices, a knob of each dataset (chapter 5c)
+POSTPROCESS_MODES = ("none", "largest_component")  # what is kept of a held-out case's prediction, a knob of the MRI datasets (chapter 5c)
 
 def _coerce(name: str, value, like):
     "Turn a papermill/CLI value (often a string) into the type of the field's default `like`."

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from .config import TTA_MODES, Config, DatasetKnobs, OutputLayout, get_config, register_knobs, write_json
+from .config import POSTPROCESS_MODES, TTA_MODES, Config, DatasetKnobs, OutputLayout, get_config, register_knobs, write_json
 from .data.brats import find_brats_cases, load_brats_case, regions, scan_brats
 from .data.core import DataError, ordered_map, printable
 from .data.lidc import CONTOUR_POINTS, find_lidc_cases, load_lidc_case, parse_lidc_xml, scan_lidc
@@ -90,6 +90,10 @@ class DatasetSpec:
     def tta(self, cfg: Config) -> str:
         "How its held-out slices are predicted (its knobs' `tta`, chapter 5c): \"flips\" or \"none\" (also without the knob)."
         return str(getattr(self.settings(cfg), "tta", "none"))
+
+    def postprocess(self, cfg: Config) -> str:
+        "What is kept of a held-out case's prediction (its knobs' `postprocess`, chapter 5c): \"largest_component\" or \"none\" (also without the knob)."
+        return str(getattr(self.settings(cfg), "postprocess", "none"))
 
     def dice_kwargs(self) -> dict:
         "The Dice losses' arguments for this dataset's `dice_reduction`."
@@ -288,6 +292,8 @@ def _mri_problems(knobs) -> list[str]:
     if knobs.normalisation not in MRI_NORMALISATIONS:
         out.append(f"normalisation must be one of {MRI_NORMALISATIONS}, got {knobs.normalisation!r}")
     if knobs.tta not in TTA_MODES: out.append(f"tta must be one of {TTA_MODES}, got {knobs.tta!r}")
+    if knobs.postprocess not in POSTPROCESS_MODES:
+        out.append(f"postprocess must be one of {POSTPROCESS_MODES}, got {knobs.postprocess!r}")
     return out
 
 @dataclass(frozen=True)
@@ -300,6 +306,7 @@ class BratsKnobs(DatasetKnobs):
     labels: str = ""    # label convention of the seg files read: "2015", "2017", "2023"; "": the one of the naming
     normalisation: str = "zscore" # intensities to [0, 1]: "zscore" or "percentile" (chapter 2f: the latter depends on the tumour)
     tta: str = "flips"  # evaluation: the mean over 4 mirror images of each slice (nnU-Net's inference; chapter 5c), or "none"
+    postprocess: str = "largest_component" # evaluation: keep each case's largest 3D tumour part (nnU-Net's; chapter 5c), or "none"
 
     def problems(self) -> list[str]:
         out = _mri_problems(self)
@@ -393,6 +400,7 @@ class MsdKnobs(DatasetKnobs):
     slices: int = 48    # phantom MRI slices (real: 155)
     normalisation: str = "zscore" # intensities to [0, 1]: "zscore" or "percentile" (chapter 2f)
     tta: str = "flips"  # evaluation: the mean over 4 mirror images of each slice (as BraTS), or "none"
+    postprocess: str = "largest_component" # evaluation: keep each case's largest 3D tumour part (as BraTS), or "none"
 
     def problems(self) -> list[str]: return _mri_problems(self)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from scipy import ndimage
 
 from .augment import foreground_patches
 from .config import TTA_MODES, Config, atomic_write, env_report, git_commit, seed_everything, versions, write_json
@@ -32,7 +33,8 @@ __all__ = ['CUSTOM_OBJECTS', 'MIRRORS', 'inner_split', 'epoch_batches', 'prefetc
            'learning_rate_at', 'lr_callback', 'resumable_callbacks', 'trim_history', 'distribution_scope', 'FoldSlices',
            'fold_slices', 'fold_model', 'training_patch', 'network_input_shape', 'foreground_prior', 'restore_or_build',
            'physical_batch', 'training_batches', 'build_loss_and_metrics', 'fit_fold', 'fold_finished',
-           'predict_probabilities', 'evaluate_fold', 'example_slices', 'write_fold', 'fold_manifest', 'train_fold']
+           'predict_probabilities', 'keep_largest_component', 'evaluate_fold', 'example_slices', 'write_fold',
+           'fold_manifest', 'train_fold']
 
 # %% ../nbs/05c_train.ipynb #ec9718df
 def inner_split(train_cases: list[str],   # the fold's training patients
@@ -391,6 +393,22 @@ def predict_probabilities(model, images: np.ndarray, batch_size: int = 32,
         out.append(np.mean([np.flip(q, axes) for q, axes in zip(p, mirrors)], axis=0, dtype=np.float32))
     return np.concatenate(out)
 
+def keep_largest_component(prob: np.ndarray,    # (N, H, W, K) probabilities; channel 0 the whole lesion (BraTS: WT)
+                           case_ids,             # (N,) the case of each slice; a case's slices contiguous and in order
+                           threshold: float = 0.5 # what counts as predicted, as the metrics threshold
+                          ) -> np.ndarray:
+    "A copy of `prob` with every channel set to 0 on the parts of each case's channel 0 but its largest (3D, connected)."
+    out = np.array(prob, np.float32, copy=True)
+    cases = np.asarray(case_ids)
+    if len(cases) != len(out): raise ValueError(f"{len(cases)} case ids for {len(out)} slices")
+    starts = np.flatnonzero(np.r_[True, cases[1:] != cases[:-1]]) if len(cases) else np.array([], int)
+    for a, b in zip(starts, np.r_[starts[1:], len(cases)].astype(int)):
+        parts, n = ndimage.label(out[a:b, ..., 0] >= threshold)  # voxels sharing a face: 6-connectivity across slices too
+        if n > 1:  # the sub-regions (TC, ET) are inside the whole lesion: on a removed part they go too
+            keep = 1 + np.argmax(np.bincount(parts.ravel())[1:])
+            out[a:b][(parts > 0) & (parts != keep)] = 0.0  # elsewhere (under the threshold) nothing changes
+    return out
+
 def evaluate_fold(dataset: str, prob: np.ndarray, sliceset: SliceSet, idx: np.ndarray) -> dict:
     "The fold's metrics on the slices `idx`, as the dataset's definition computes them (threshold 0.5)."
     truth = np.asarray(sliceset.masks[idx]).astype(bool)
@@ -464,6 +482,8 @@ def train_fold(sliceset: SliceSet,        # the dataset's slices (all of them)
         epoch_kept = _read_state(run_dir)["early_stopping"]["best_epoch"] + 1
     t_eval = time.perf_counter()
     prob = predict_probabilities(model, sliceset.images[slices.val], batch_size=_predict_batch(cfg), tta=spec.tta(cfg))
+    if spec.postprocess(cfg) == "largest_component":
+        prob = keep_largest_component(prob, np.asarray(sliceset.case_ids)[slices.val])
     metrics = evaluate_fold(spec.name, prob, sliceset, slices.val)
     eval_s = time.perf_counter() - t_eval
     history = (run_dir / "history.csv").read_text().strip().splitlines()

@@ -229,3 +229,37 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_lidc):
     assert out["replicas"] == 2
     assert "Mirrored" in out["variable"]
     assert out["epochs"] == 1 and 0 <= out["acc"] <= 1
+
+
+@pytest.mark.parametrize("postprocess", ["largest_component", "none"])
+def test_brats_fold_keeps_each_cases_largest_part(tmp_path_factory, monkeypatch, postprocess):
+    "A BraTS fold scores each case's prediction with, by default, only its largest 3D part: checked with a planted prediction."
+    import medcnn_nb.train as train
+    from scipy import ndimage
+    from medcnn_nb.data.phantom_brats import write_brats_phantoms
+    from medcnn_nb.datasets import load_slices
+    from medcnn_nb.splits import load_or_make_folds
+    work = tmp_path_factory.mktemp("brats_post")
+    cfg = get_config("smoke", **TINY, **{"brats.postprocess": postprocess})
+    write_brats_phantoms(work / "brats", patients=4, seed=3, size=48, slices=16)
+    s = load_slices("brats", work / "brats", cfg, work / "cache", progress=False)
+    folds = load_or_make_folds(work / "folds.json", s, k=2, seed=0)
+    cases = np.asarray(s.case_ids)
+    val = np.flatnonzero(np.isin(cases, folds[0]["val"]))
+    planted = np.asarray(s.masks[val], np.float32)        # the truth, plus one speck in a corner of each case
+    for case in folds[0]["val"]:
+        planted[np.flatnonzero(cases[val] == case)[0], 0, 0] = 1.0
+    monkeypatch.setattr(train, "predict_probabilities", lambda model, images, **kw: planted.copy())
+    m = train.train_fold(s, folds[0], VARIANTS["unoptimised"], cfg, work / "fold0", verbose=0)
+    changed = 0
+    for case in folds[0]["val"]:
+        rows = cases[val] == case
+        wt, truth = planted[rows][..., 0] >= 0.5, np.asarray(s.masks[val][rows])[..., 0].astype(bool)
+        dice = lambda p: 2 * (p & truth).sum() / (p.sum() + truth.sum())
+        kept = wt
+        if postprocess == "largest_component":  # the oracle: label the parts, keep the one with most voxels
+            parts, n = ndimage.label(wt)
+            kept = parts == 1 + int(np.argmax([(parts == i).sum() for i in range(1, n + 1)]))
+        changed += dice(kept) != dice(wt)
+        assert m["per_case"][case]["dice_wt"][0] == pytest.approx(dice(kept), abs=1e-9), case
+    assert changed == (2 if postprocess == "largest_component" else 0)  # the speck was removed in both cases, or kept
