@@ -23,6 +23,7 @@ from .config import TTA_MODES, Config, atomic_write, env_report, git_commit, see
 from .datasets import get_dataset
 from .loader import KeepHeapMemory, SliceLoader
 from .losses import DiceBCELoss, DiceFocalLoss, DiceLoss, DiceMetric, FocalLoss, get_loss
+from .metrics import case_groups
 from .models import build_model
 from .preprocess import SliceSet, training_indices
 from .splits import assert_no_leak
@@ -401,12 +402,11 @@ def keep_largest_component(prob: np.ndarray,    # (N, H, W, K) probabilities; ch
     out = np.array(prob, np.float32, copy=True)
     cases = np.asarray(case_ids)
     if len(cases) != len(out): raise ValueError(f"{len(cases)} case ids for {len(out)} slices")
-    starts = np.flatnonzero(np.r_[True, cases[1:] != cases[:-1]]) if len(cases) else np.array([], int)
-    for a, b in zip(starts, np.r_[starts[1:], len(cases)].astype(int)):
-        parts, n = ndimage.label(out[a:b, ..., 0] >= threshold)  # voxels sharing a face: 6-connectivity across slices too
+    for rows in case_groups(cases).values():
+        parts, n = ndimage.label(out[rows, ..., 0] >= threshold)  # voxels sharing a face: 6-connectivity across slices too
         if n > 1:  # the sub-regions (TC, ET) are inside the whole lesion: on a removed part they go too
             keep = 1 + np.argmax(np.bincount(parts.ravel())[1:])
-            out[a:b][(parts > 0) & (parts != keep)] = 0.0  # elsewhere (under the threshold) nothing changes
+            out[rows][(parts > 0) & (parts != keep)] = 0.0  # elsewhere (under the threshold) nothing changes
     return out
 
 def evaluate_fold(dataset: str, prob: np.ndarray, sliceset: SliceSet, idx: np.ndarray) -> dict:
