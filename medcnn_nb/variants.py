@@ -71,4 +71,5 @@ def pipeline(variant: Variant,  # the experiment
             ("training", f"Adam lr {cfg.learning_rate:g}" + (", poly" if cfg.lr_schedule == "poly" else "")
                          + f"\nbatch {cfg.batch_size}\n{stop}"),
             ("evaluation", f"{cfg.folds}-fold CV by patient\nall slices of held-out cases"
-                           + ("\nmean of 4 mirror images" if spec.tta(cfg) == "flips" else ""))]
+                           + ("\nmean of 4 mirror images" if spec.tta(cfg) == "flips" else "")
+                           + ("\nlargest part kept" if spec.postprocess(cfg) == "largest_component" else ""))]
