@@ -287,7 +287,7 @@ LIDC = register(DatasetSpec(
 
 # %% ../nbs/05b_datasets.ipynb #82a973a1
 def _mri_problems(knobs) -> list[str]:
-    "What is wrong with the knobs every MRI dataset has (phantom sizes, normalisation, test-time mirroring)."
+    "What is wrong with the knobs every MRI dataset has (phantom sizes, normalisation, test-time mirroring, post-processing)."
     out = [f"{k} must be >= 1, got {getattr(knobs, k)}" for k in ("patients", "size", "slices") if getattr(knobs, k) < 1]
     if knobs.normalisation not in MRI_NORMALISATIONS:
         out.append(f"normalisation must be one of {MRI_NORMALISATIONS}, got {knobs.normalisation!r}")
