@@ -103,7 +103,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 LR_SCHEDULES = ("constant", "poly")  # how Adam's rate changes from epoch to epoch (chapter 5c)
 TTA_MODES = ("none", "flips")  # test-time augmentation of the held-out slices, a knob of each dataset (chapter 5c)
-POSTPROCESS_MODES = ("none", "largest_component")  # what is kept of a held-out case's prediction, a knob of the MRI datasets (chapter 5c)
+POSTPROCESS_MODES = ("none", "largest_component", "most_confident_component")  # what is kept of a held-out case's prediction, a knob of the MRI datasets (chapter 5c)
 
 def _coerce(name: str, value, like):
     "Turn a papermill/CLI value (often a string) into the type of the field's default `like`."

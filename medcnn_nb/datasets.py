@@ -92,7 +92,7 @@ class DatasetSpec:
         return str(getattr(self.settings(cfg), "tta", "none"))
 
     def postprocess(self, cfg: Config) -> str:
-        "What is kept of a held-out case's prediction (its knobs' `postprocess`, chapter 5c): \"largest_component\" or \"none\" (also without the knob)."
+        "What is kept of a held-out case's prediction (its knobs' `postprocess`, chapter 5c): one of `POSTPROCESS_MODES`; \"none\" without the knob."
         return str(getattr(self.settings(cfg), "postprocess", "none"))
 
     def dice_kwargs(self) -> dict:
@@ -306,7 +306,7 @@ class BratsKnobs(DatasetKnobs):
     labels: str = ""    # label convention of the seg files read: "2015", "2017", "2023"; "": the one of the naming
     normalisation: str = "zscore" # intensities to [0, 1]: "zscore" or "percentile" (chapter 2f: the latter depends on the tumour)
     tta: str = "flips"  # evaluation: the mean over 4 mirror images of each slice (nnU-Net's inference; chapter 5c), or "none"
-    postprocess: str = "largest_component" # evaluation: keep each case's largest 3D tumour part (nnU-Net's; chapter 5c), or "none"
+    postprocess: str = "most_confident_component" # evaluation: keep each case's most confident 3D tumour part (chapter 5c), "largest_component" (nnU-Net's) or "none"
 
     def problems(self) -> list[str]:
         out = _mri_problems(self)
@@ -400,7 +400,7 @@ class MsdKnobs(DatasetKnobs):
     slices: int = 48    # phantom MRI slices (real: 155)
     normalisation: str = "zscore" # intensities to [0, 1]: "zscore" or "percentile" (chapter 2f)
     tta: str = "flips"  # evaluation: the mean over 4 mirror images of each slice (as BraTS), or "none"
-    postprocess: str = "largest_component" # evaluation: keep each case's largest 3D tumour part (as BraTS), or "none"
+    postprocess: str = "most_confident_component" # evaluation: one 3D tumour part of each case (as BraTS), "largest_component" or "none"
 
     def problems(self) -> list[str]: return _mri_problems(self)
 

@@ -30,12 +30,12 @@ from .splits import assert_no_leak
 from .transfer import load_unet_encoder
 
 # %% auto #0
-__all__ = ['CUSTOM_OBJECTS', 'MIRRORS', 'inner_split', 'epoch_batches', 'prefetch_depth', 'ResumableEarlyStopping', 'Checkpoint',
-           'learning_rate_at', 'lr_callback', 'resumable_callbacks', 'trim_history', 'distribution_scope', 'FoldSlices',
-           'fold_slices', 'fold_model', 'training_patch', 'network_input_shape', 'foreground_prior', 'restore_or_build',
-           'physical_batch', 'training_batches', 'build_loss_and_metrics', 'fit_fold', 'fold_finished',
-           'predict_probabilities', 'keep_largest_component', 'evaluate_fold', 'example_slices', 'write_fold',
-           'fold_manifest', 'train_fold']
+__all__ = ['CUSTOM_OBJECTS', 'MIRRORS', 'KEEP_BY', 'inner_split', 'epoch_batches', 'prefetch_depth', 'ResumableEarlyStopping',
+           'Checkpoint', 'learning_rate_at', 'lr_callback', 'resumable_callbacks', 'trim_history', 'distribution_scope',
+           'FoldSlices', 'fold_slices', 'fold_model', 'training_patch', 'network_input_shape', 'foreground_prior',
+           'restore_or_build', 'physical_batch', 'training_batches', 'build_loss_and_metrics', 'fit_fold',
+           'fold_finished', 'predict_probabilities', 'keep_one_component', 'evaluate_fold', 'example_slices',
+           'write_fold', 'fold_manifest', 'train_fold']
 
 # %% ../nbs/05c_train.ipynb #ec9718df
 def inner_split(train_cases: list[str],   # the fold's training patients
@@ -394,18 +394,24 @@ def predict_probabilities(model, images: np.ndarray, batch_size: int = 32,
         out.append(np.mean([np.flip(q, axes) for q, axes in zip(p, mirrors)], axis=0, dtype=np.float32))
     return np.concatenate(out)
 
-def keep_largest_component(prob: np.ndarray,    # (N, H, W, K) probabilities; channel 0 the whole lesion (BraTS: WT)
-                           case_ids,             # (N,) the case of each slice; a case's slices contiguous and in order
-                           threshold: float = 0.5 # what counts as predicted, as the metrics threshold
-                          ) -> np.ndarray:
-    "A copy of `prob` with every channel set to 0 on the parts of each case's channel 0 but its largest (3D, connected)."
+KEEP_BY = {"largest_component": "size", "most_confident_component": "confidence"}  # `postprocess` knob -> `by`
+
+def keep_one_component(prob: np.ndarray,     # (N, H, W, K) probabilities; channel 0 the whole lesion (BraTS: WT)
+                       case_ids,              # (N,) the case of each slice; a case's slices contiguous and in order
+                       by: str = "confidence", # which part: "size", the most voxels; "confidence", the highest probability
+                       threshold: float = 0.5  # what counts as predicted, as the metrics threshold
+                      ) -> np.ndarray:
+    "A copy of `prob` with every channel set to 0 on all 3D connected parts of each case's channel 0 but one."
+    if by not in ("size", "confidence"): raise ValueError(f"by must be 'size' or 'confidence', got {by!r}")
     out = np.array(prob, np.float32, copy=True)
     cases = np.asarray(case_ids)
     if len(cases) != len(out): raise ValueError(f"{len(cases)} case ids for {len(out)} slices")
     for rows in case_groups(cases).values():
         parts, n = ndimage.label(out[rows, ..., 0] >= threshold)  # voxels sharing a face: 6-connectivity across slices too
         if n > 1:  # the sub-regions (TC, ET) are inside the whole lesion: on a removed part they go too
-            keep = 1 + np.argmax(np.bincount(parts.ravel())[1:])
+            size = np.bincount(parts.ravel(), minlength=n + 1)[1:]
+            peak = ndimage.maximum(out[rows, ..., 0], parts, np.arange(1, n + 1)) if by == "confidence" else np.zeros(n)
+            keep = 1 + np.lexsort((-size, -peak))[0]  # the highest peak, then the most voxels, then the first part
             out[rows][(parts > 0) & (parts != keep)] = 0.0  # elsewhere (under the threshold) nothing changes
     return out
 
@@ -482,8 +488,8 @@ def train_fold(sliceset: SliceSet,        # the dataset's slices (all of them)
         epoch_kept = _read_state(run_dir)["early_stopping"]["best_epoch"] + 1
     t_eval = time.perf_counter()
     prob = predict_probabilities(model, sliceset.images[slices.val], batch_size=_predict_batch(cfg), tta=spec.tta(cfg))
-    if spec.postprocess(cfg) == "largest_component":
-        prob = keep_largest_component(prob, np.asarray(sliceset.case_ids)[slices.val])
+    if spec.postprocess(cfg) != "none":  # one part of each case's prediction (chapter 5c, Step 4)
+        prob = keep_one_component(prob, np.asarray(sliceset.case_ids)[slices.val], by=KEEP_BY[spec.postprocess(cfg)])
     metrics = evaluate_fold(spec.name, prob, sliceset, slices.val)
     eval_s = time.perf_counter() - t_eval
     history = (run_dir / "history.csv").read_text().strip().splitlines()

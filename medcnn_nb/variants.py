@@ -11,7 +11,7 @@ from .config import Config
 from .datasets import get_dataset
 
 # %% auto #0
-__all__ = ['VARIANTS', 'TABLE_VARIANTS', 'ABLATION', 'ARCH_NAMES', 'LOSS_NAMES', 'Variant', 'pipeline']
+__all__ = ['VARIANTS', 'TABLE_VARIANTS', 'ABLATION', 'ARCH_NAMES', 'LOSS_NAMES', 'KEPT_PART', 'Variant', 'pipeline']
 
 # %% ../nbs/05d_variants.ipynb #61e98b1c
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ ABLATION: tuple[str, ...] = ("unoptimised", "plus_residual", "plus_dense", "plus
 ARCH_NAMES = {"unet": "plain U-Net", "resunet": "residual U-Net", "denseunet": "dense U-Net"}
 LOSS_NAMES = {"bce": "binary cross-entropy", "dice": "Dice loss", "focal": "Focal loss",
               "dice_focal": "Dice + Focal loss", "dice_bce": "Dice + BCE"}
+KEPT_PART = {"largest_component": "\nlargest part kept", "most_confident_component": "\nmost confident part kept"}  # `postprocess`
 
 def pipeline(variant: Variant,  # the experiment
              dataset: str,      # a registered dataset's name
@@ -72,4 +73,4 @@ def pipeline(variant: Variant,  # the experiment
                          + f"\nbatch {cfg.batch_size}\n{stop}"),
             ("evaluation", f"{cfg.folds}-fold CV by patient\nall slices of held-out cases"
                            + ("\nmean of 4 mirror images" if spec.tta(cfg) == "flips" else "")
-                           + ("\nlargest part kept" if spec.postprocess(cfg) == "largest_component" else ""))]
+                           + KEPT_PART.get(spec.postprocess(cfg), ""))]

@@ -231,9 +231,9 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_lidc):
     assert out["epochs"] == 1 and 0 <= out["acc"] <= 1
 
 
-@pytest.mark.parametrize("postprocess", ["largest_component", "none"])
-def test_brats_fold_keeps_each_cases_largest_part(tmp_path_factory, monkeypatch, postprocess):
-    "A BraTS fold scores each case's prediction with, by default, only its largest 3D part: checked with a planted prediction."
+@pytest.mark.parametrize("postprocess", ["most_confident_component", "largest_component", "none"])
+def test_brats_fold_keeps_one_part_of_each_case(tmp_path_factory, monkeypatch, postprocess):
+    "A BraTS fold scores each case's prediction with one 3D part, by default the most confident: checked with a planted prediction."
     import medcnn_nb.train as train
     from scipy import ndimage
     from medcnn_nb.data.phantom_brats import write_brats_phantoms
@@ -246,9 +246,10 @@ def test_brats_fold_keeps_each_cases_largest_part(tmp_path_factory, monkeypatch,
     folds = load_or_make_folds(work / "folds.json", s, k=2, seed=0)
     cases = np.asarray(s.case_ids)
     val = np.flatnonzero(np.isin(cases, folds[0]["val"]))
-    planted = np.asarray(s.masks[val], np.float32)        # the truth, plus one speck in a corner of each case
-    for case in folds[0]["val"]:
-        planted[np.flatnonzero(cases[val] == case)[0], 0, 0] = 1.0
+    # the truth at 0.8, plus in each case a one-voxel speck in a corner: surer (0.9) in the first case, less (0.6) in the second
+    planted = 0.8 * np.asarray(s.masks[val], np.float32)
+    for case, p in zip(folds[0]["val"], (0.9, 0.6)):
+        planted[np.flatnonzero(cases[val] == case)[0], 0, 0] = p
     monkeypatch.setattr(train, "predict_probabilities", lambda model, images, **kw: planted.copy())
     m = train.train_fold(s, folds[0], VARIANTS["unoptimised"], cfg, work / "fold0", verbose=0)
     changed = 0
@@ -257,9 +258,15 @@ def test_brats_fold_keeps_each_cases_largest_part(tmp_path_factory, monkeypatch,
         wt, truth = planted[rows][..., 0] >= 0.5, np.asarray(s.masks[val][rows])[..., 0].astype(bool)
         dice = lambda p: 2 * (p & truth).sum() / (p.sum() + truth.sum())
         kept = wt
-        if postprocess == "largest_component":  # the oracle: label the parts, keep the one with most voxels
+        if postprocess != "none":  # the oracle: label the parts, keep the one with most voxels, or with the highest peak
             parts, n = ndimage.label(wt)
-            kept = parts == 1 + int(np.argmax([(parts == i).sum() for i in range(1, n + 1)]))
+            size = [(parts == i).sum() for i in range(1, n + 1)]
+            peak = [planted[rows][..., 0][parts == i].max() for i in range(1, n + 1)]
+            best = int(np.argmax(size)) if postprocess == "largest_component" else max(range(n), key=lambda i: (peak[i], size[i]))
+            kept = parts == 1 + best
         changed += dice(kept) != dice(wt)
         assert m["per_case"][case]["dice_wt"][0] == pytest.approx(dice(kept), abs=1e-9), case
-    assert changed == (2 if postprocess == "largest_component" else 0)  # the speck was removed in both cases, or kept
+    # the speck removed in both cases, or kept; the most confident rule keeps the surer speck of the first case instead
+    assert changed == (0 if postprocess == "none" else 2)
+    first = folds[0]["val"][0]
+    assert (m["per_case"][first]["dice_wt"][0] == 0) == (postprocess == "most_confident_component")
