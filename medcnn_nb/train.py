@@ -402,7 +402,7 @@ def keep_one_component(prob: np.ndarray,     # (N, H, W, K) probabilities; chann
                        threshold: float = 0.5  # what counts as predicted, as the metrics threshold
                       ) -> np.ndarray:
     "A copy of `prob` with every channel set to 0 on all 3D connected parts of each case's channel 0 but one."
-    if by not in ("size", "confidence"): raise ValueError(f"by must be 'size' or 'confidence', got {by!r}")
+    if by not in KEEP_BY.values(): raise ValueError(f"by must be 'size' or 'confidence', got {by!r}")
     out = np.array(prob, np.float32, copy=True)
     cases = np.asarray(case_ids)
     if len(cases) != len(out): raise ValueError(f"{len(cases)} case ids for {len(out)} slices")
@@ -488,8 +488,8 @@ def train_fold(sliceset: SliceSet,        # the dataset's slices (all of them)
         epoch_kept = _read_state(run_dir)["early_stopping"]["best_epoch"] + 1
     t_eval = time.perf_counter()
     prob = predict_probabilities(model, sliceset.images[slices.val], batch_size=_predict_batch(cfg), tta=spec.tta(cfg))
-    if spec.postprocess(cfg) != "none":  # one part of each case's prediction (chapter 5c, Step 4)
-        prob = keep_one_component(prob, np.asarray(sliceset.case_ids)[slices.val], by=KEEP_BY[spec.postprocess(cfg)])
+    if keep := KEEP_BY.get(spec.postprocess(cfg)):  # one part of each case's prediction (chapter 5c, Step 4); "none": all
+        prob = keep_one_component(prob, np.asarray(sliceset.case_ids)[slices.val], by=keep)
     metrics = evaluate_fold(spec.name, prob, sliceset, slices.val)
     eval_s = time.perf_counter() - t_eval
     history = (run_dir / "history.csv").read_text().strip().splitlines()
